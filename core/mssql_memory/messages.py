@@ -1,0 +1,271 @@
+"""The neutral message record and its JSON codec.
+
+A :class:`Message` carries the fields every framework shares (role, text,
+name, tool calls, tool-call id) plus, in ``raw``, the originating framework's
+own serialized form, so an adapter can return exactly the object it stored.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Literal, get_args
+
+from .errors import InvalidMessageError
+
+__all__ = [
+    "ROLES",
+    "STATUSES",
+    "Message",
+    "Role",
+    "Status",
+    "ToolCall",
+    "message_from_dict",
+    "message_from_json",
+    "message_to_dict",
+    "message_to_json",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+Status = Literal["active", "archived", "summarized"]
+ROLES: frozenset[str] = frozenset(get_args(Role))
+STATUSES: frozenset[str] = frozenset(get_args(Status))
+_CODEC_VERSION = 1
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_json(value: Any, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidMessageError(f"{what} must be JSON-serializable: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool invocation requested by an assistant message."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not isinstance(self.name, str):
+            raise InvalidMessageError("ToolCall.id and ToolCall.name must be strings")
+        if not isinstance(self.arguments, (Mapping, str)):
+            raise InvalidMessageError(
+                f"ToolCall.arguments must be a mapping or a JSON string, "
+                f"not {type(self.arguments).__name__}"
+            )
+
+    def arguments_text(self) -> str:
+        """The arguments as JSON text (as a model sees them)."""
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        args = self.arguments if isinstance(self.arguments, str) else dict(self.arguments)
+        return {"id": self.id, "name": self.name, "arguments": args}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A chat message as the stores keep it.
+
+    ``seq``, ``status`` and ``token_count`` are assigned by the store when the
+    message is written; ``raw`` and ``source`` hold a framework's own form.
+    """
+
+    role: Role
+    content: str = ""
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    id: str = field(default_factory=_new_id)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=_utcnow)
+    token_count: int | None = None
+    source: str | None = None
+    raw: Any = None
+    seq: int | None = None
+    status: Status = "active"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidMessageError(
+                f"unknown role {self.role!r}; expected one of {sorted(ROLES)}"
+            )
+        if not isinstance(self.content, str):
+            raise InvalidMessageError(
+                f"content must be a str, not {type(self.content).__name__}"
+            )
+        for attr in ("name", "tool_call_id", "source"):
+            value = getattr(self, attr)
+            if value is not None and not isinstance(value, str):
+                raise InvalidMessageError(f"{attr} must be a str or None")
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidMessageError("id must be a non-empty str")
+        if not isinstance(self.tool_calls, tuple):
+            if isinstance(self.tool_calls, (list, Sequence)) and not isinstance(
+                self.tool_calls, str
+            ):
+                object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+            else:
+                raise InvalidMessageError("tool_calls must be a sequence of ToolCall")
+        if not all(isinstance(tc, ToolCall) for tc in self.tool_calls):
+            raise InvalidMessageError("tool_calls must contain ToolCall objects")
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidMessageError("only assistant messages carry tool_calls")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidMessageError("metadata must be a mapping")
+        if not isinstance(self.created_at, datetime):
+            raise InvalidMessageError("created_at must be a datetime")
+        if self.created_at.tzinfo is None:
+            object.__setattr__(self, "created_at", self.created_at.replace(tzinfo=timezone.utc))
+        if self.token_count is not None and (
+            not isinstance(self.token_count, int) or self.token_count < 0
+        ):
+            raise InvalidMessageError("token_count must be a non-negative int")
+        if self.status not in STATUSES:
+            raise InvalidMessageError(f"unknown status {self.status!r}")
+
+    def with_fields(self, **changes: Any) -> Message:
+        """A copy with ``changes`` applied (the record itself is immutable)."""
+        return replace(self, **changes)
+
+    @property
+    def is_tool_result(self) -> bool:
+        return self.role == "tool"
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Encode a message as a JSON-ready dict (store-assigned fields excluded)."""
+    if not isinstance(message, Message):
+        raise InvalidMessageError(f"expected a Message, got {type(message).__name__}")
+    data: dict[str, Any] = {
+        "v": _CODEC_VERSION,
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "created_at": message.created_at.isoformat(),
+    }
+    if message.name is not None:
+        data["name"] = message.name
+    if message.tool_calls:
+        data["tool_calls"] = [tc.to_dict() for tc in message.tool_calls]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    if message.metadata:
+        data["metadata"] = dict(message.metadata)
+    if message.source is not None:
+        data["source"] = message.source
+    if message.raw is not None:
+        data["raw"] = message.raw
+    return data
+
+
+def message_to_json(message: Message) -> str:
+    """Encode a message as compact JSON text; non-JSON metadata or raw is an error."""
+    data = message_to_dict(message)
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidMessageError(f"message {message.id} is not JSON-serializable: {e}") from e
+
+
+def _tool_calls_from(value: Any) -> tuple[ToolCall, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidMessageError("tool_calls must be a list")
+    calls = []
+    for item in value:
+        if not isinstance(item, Mapping) or not {"id", "name"} <= item.keys():
+            raise InvalidMessageError(f"malformed tool call: {item!r}")
+        calls.append(ToolCall(item["id"], item["name"], item.get("arguments", {})))
+    return tuple(calls)
+
+
+def message_from_dict(
+    data: Any,
+    *,
+    seq: int | None = None,
+    status: Status = "active",
+    token_count: int | None = None,
+) -> Message:
+    """Decode :func:`message_to_dict` output; anything malformed raises InvalidMessageError."""
+    if not isinstance(data, Mapping):
+        raise InvalidMessageError(f"message payload must be an object, not {type(data).__name__}")
+    if "role" not in data:
+        raise InvalidMessageError("message payload has no role")
+    try:
+        created = data.get("created_at")
+        created_at = datetime.fromisoformat(created) if created else _utcnow()
+        kwargs: dict[str, Any] = {
+            "role": data["role"],
+            "content": data.get("content", ""),
+            "name": data.get("name"),
+            "tool_calls": _tool_calls_from(data.get("tool_calls")),
+            "tool_call_id": data.get("tool_call_id"),
+            "metadata": data.get("metadata") or {},
+            "created_at": created_at,
+            "source": data.get("source"),
+            "raw": data.get("raw"),
+            "seq": seq,
+            "status": status,
+            "token_count": token_count,
+        }
+        if data.get("id"):
+            kwargs["id"] = data["id"]
+        return Message(**kwargs)
+    except InvalidMessageError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise InvalidMessageError(f"malformed message payload: {e}") from e
+
+
+def message_from_json(
+    text: str | bytes,
+    *,
+    seq: int | None = None,
+    status: Status = "active",
+    token_count: int | None = None,
+) -> Message:
+    """Decode :func:`message_to_json` output."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise InvalidMessageError(f"message payload is not valid JSON: {e}") from e
+    return message_from_dict(data, seq=seq, status=status, token_count=token_count)
+
+
+def coerce_messages(messages: Message | Iterable[Message]) -> list[Message]:
+    """Accept one message or an iterable of messages; reject anything else."""
+    if isinstance(messages, Message):
+        return [messages]
+    if isinstance(messages, (str, bytes, Mapping)):
+        raise InvalidMessageError(
+            f"expected a Message or a list of Message, not {type(messages).__name__}"
+        )
+    try:
+        items = list(messages)
+    except TypeError as e:
+        raise InvalidMessageError(
+            f"expected a Message or a list of Message, not {type(messages).__name__}"
+        ) from e
+    for item in items:
+        if not isinstance(item, Message):
+            raise InvalidMessageError(f"expected Message, got {type(item).__name__}")
+    return items
+

@@ -1,0 +1,165 @@
+"""Engine handling: one store usable from sync and async code.
+
+Given a URL, :class:`Engines` creates the engine for the URL's driver and, on
+demand, its twin (``sqlite`` <-> ``sqlite+aiosqlite``, ``postgresql+psycopg``
+sync <-> async, ``mysql+pymysql`` <-> ``mysql+aiomysql``, ``mssql+pyodbc`` <->
+``mssql+aioodbc``). Given an ``Engine``, async calls run it in a worker thread;
+given an ``AsyncEngine``, sync calls use a sync twin built from its URL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["Engines", "is_memory_sqlite"]
+
+# backend -> (sync driver, async driver, module the async driver needs)
+_TWINS: dict[str, tuple[str, str, str]] = {
+    "sqlite": ("pysqlite", "aiosqlite", "aiosqlite"),
+    "postgresql": ("psycopg", "psycopg", "psycopg"),
+    "mysql": ("pymysql", "aiomysql", "aiomysql"),
+    "mariadb": ("pymysql", "aiomysql", "aiomysql"),
+    "mssql": ("pyodbc", "aioodbc", "aioodbc"),
+}
+_ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg_async", "aiomysql", "asyncmy", "aioodbc"}
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _is_async(url: URL) -> bool:
+    try:
+        return bool(getattr(url.get_dialect(), "is_async", False))
+    except Exception:
+        return url.get_driver_name() in _ASYNC_DRIVERS
+
+
+def _twin_url(url: URL, want_async: bool) -> URL | None:
+    twin = _TWINS.get(url.get_backend_name())
+    if twin is None:
+        return None
+    sync_driver, async_driver, module = twin
+    if want_async and importlib.util.find_spec(module) is None:
+        return None
+    driver = async_driver if want_async else sync_driver
+    return url.set(drivername=f"{url.get_backend_name()}+{driver}")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        if is_memory_sqlite(url):
+            kwargs["poolclass"] = StaticPool  # one shared in-memory database
+        return kwargs
+    return {"pool_pre_ping": True}
+
+
+def _with_defaults(url: URL) -> URL:
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def _create(url: URL, use_async: bool) -> Engine | AsyncEngine:
+    url = _with_defaults(url)
+    kwargs = _engine_kwargs(url)
+    engine = create_async_engine(url, **kwargs) if use_async else create_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite" and not is_memory_sqlite(url):
+        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        event.listen(sync, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Engines:
+    """The sync and async engines behind one store (created lazily, disposed together)."""
+
+    def __init__(self, url_or_engine: str | URL | Engine | AsyncEngine) -> None:
+        self._sync: Engine | None = None
+        self._async: AsyncEngine | None = None
+        self._created: list[Engine | AsyncEngine] = []
+        self.owned = False
+        if isinstance(url_or_engine, AsyncEngine):
+            self._async = url_or_engine
+            self.url = url_or_engine.url
+        elif isinstance(url_or_engine, Engine):
+            self._sync = url_or_engine
+            self.url = url_or_engine.url
+        elif isinstance(url_or_engine, (str, URL)):
+            try:
+                self.url = make_url(url_or_engine)
+            except Exception as e:
+                raise ValueError(f"not a database URL: {e}") from None
+            self.owned = True
+            if _is_async(self.url):
+                self._async = self._make(self.url, use_async=True)  # type: ignore[assignment]
+            else:
+                self._sync = self._make(self.url, use_async=False)  # type: ignore[assignment]
+        else:
+            raise TypeError(
+                "expected a database URL, an Engine or an AsyncEngine, "
+                f"not {type(url_or_engine).__name__}"
+            )
+        self._async_checked = self._async is not None
+        self.memory = is_memory_sqlite(self.url)
+
+    @property
+    def dialect_name(self) -> str:
+        engine = self._sync or self._async
+        assert engine is not None
+        return engine.dialect.name
+
+    @property
+    def sync(self) -> Engine:
+        """The sync engine (a twin built from the async engine's URL if needed)."""
+        if self._sync is None:
+            twin = None if self.memory else _twin_url(self.url, want_async=False)
+            if twin is None:
+                raise TypeError(
+                    "this store was given an async engine without a sync twin "
+                    f"({self.url.drivername}); use the async methods (aappend, aget_window, ...)"
+                )
+            self._sync = self._make(twin, use_async=False)  # type: ignore[assignment]
+        return self._sync  # type: ignore[return-value]
+
+    @property
+    def async_engine(self) -> AsyncEngine | None:
+        """The async engine, or None when async calls must use a worker thread."""
+        if not self._async_checked:
+            self._async_checked = True
+            if self.owned and not self.memory:
+                twin = _twin_url(self.url, want_async=True)
+                if twin is not None:
+                    self._async = self._make(twin, use_async=True)  # type: ignore[assignment]
+        return self._async
+
+    def _make(self, url: URL, *, use_async: bool) -> Engine | AsyncEngine:
+        engine = _create(url, use_async)
+        self._created.append(engine)
+        return engine
+
+    def dispose(self) -> None:
+        """Close the pools of the engines this object created (never a caller's engine)."""
+        for engine in self._created:
+            (engine.sync_engine if isinstance(engine, AsyncEngine) else engine).dispose()
+
+    async def adispose(self) -> None:
+        for engine in self._created:
+            if isinstance(engine, AsyncEngine):
+                await engine.dispose()
+            else:
+                engine.dispose()

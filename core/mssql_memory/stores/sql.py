@@ -1,0 +1,990 @@
+"""A session store on any SQLAlchemy database: SQL Server, SQLite, PostgreSQL, MySQL/MariaDB.
+
+Each operation is written once, as a function of a sync ``Connection``; the
+sync API runs it in ``engine.begin()``, the async API in
+``AsyncConnection.run_sync`` (the async driver does the I/O, nothing blocks
+the event loop), or in a worker thread when only a sync engine exists.
+
+Ordering: every write first updates the session's row (``next_seq``,
+``version``), which takes that row's lock; sequence numbers are allocated
+from it inside the same transaction, so concurrent writers of one session
+serialize on one row and never lose, duplicate or reorder messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateSchema
+
+from ..errors import ConcurrencyError, StoreError, StoreUnavailableError
+from ..messages import Message, message_from_json, message_to_json
+from ..tokens import TokenCounter, default_token_counter
+from ..validation import validate_id, validate_optional_id
+from ._prepare import check_limit, check_seqs, prepare_batch
+from .base import OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
+from .cache import WindowCache
+from .engines import Engines
+from .sql_schema import StoreTables, build_tables
+
+__all__ = ["SQLStore"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CHUNK = 500  # ids per IN (...) list: SQL Server accepts at most 2100 parameters
+_ATTEMPTS = 6
+
+
+class _SessionRace(Exception):
+    """Two writers created the same session row at once; the loser retries."""
+
+
+class _Conflict(Exception):
+    """An optimistic check failed; the transaction is rolled back."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _display_text(text: str) -> str:
+    """The human-readable ``content`` column (PostgreSQL rejects NUL; the payload keeps it)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+_TRANSIENT_CODES = {1205, 1213, 40001, 40197, 40501, 40613, 49918, 49919, 49920}
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "08006", "08001", "08S01", "HYT00"}
+
+
+def _is_transient(error: sa_exc.DBAPIError) -> bool:
+    """Deadlocks, serialization failures and SQLite's busy lock: safe to retry."""
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_STATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _TRANSIENT_CODES:
+        return True
+    if args and isinstance(args[0], str) and args[0][:5] in _TRANSIENT_STATES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "deadlock" in text
+
+
+def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    text = str(error.orig).lower()
+    return any(
+        s in text
+        for s in (
+            "connection refused",
+            "could not connect",
+            "can't connect",
+            "server closed the connection",
+            "connection is closed",
+            "lost connection",
+            "terminating connection",
+            "unable to open database",
+            "login timeout",
+        )
+    )
+
+
+def _wrap(error: Exception) -> StoreError:
+    if isinstance(error, sa_exc.DBAPIError) and _is_unavailable(error):
+        return StoreUnavailableError(f"database unavailable: {error.orig}")
+    if isinstance(error, sa_exc.DBAPIError):
+        return StoreError(f"database error: {error.orig}")
+    return StoreError(f"database error: {error}")
+
+
+class SQLStore:
+    """Session store on a SQL database through SQLAlchemy Core.
+
+    ``url_or_engine`` is a URL (``mssql+pyodbc://...``, ``sqlite:///memory.db``,
+    ``postgresql+psycopg://...``, ``mysql+pymysql://...`` or their async
+    drivers), an ``Engine`` or an ``AsyncEngine``. Tables are created by
+    :meth:`create_schema` or, with ``auto_create`` (default), on first use.
+    ``max_messages_per_session`` bounds the active window by count (the oldest
+    leave it: archived, or deleted when ``keep_history`` is False). ``cache``
+    (True, a capacity, or a :class:`WindowCache`) caches active windows,
+    validated against the session's version on every read.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine | AsyncEngine,
+        table_name: str = "ChatMessages",
+        schema: str | None = None,
+        max_messages_per_session: int | None = None,
+        keep_history: bool = True,
+        cache: WindowCache | bool | int | None = None,
+        *,
+        token_counter: TokenCounter | None = None,
+        auto_create: bool = True,
+        metadata: MetaData | None = None,
+    ) -> None:
+        self.tables: StoreTables = build_tables(table_name, schema, metadata)
+        self.table_name = table_name
+        self.schema = schema
+        limit = check_limit(max_messages_per_session, "max_messages_per_session")
+        if limit == 0:
+            raise ValueError("max_messages_per_session must be positive or None")
+        self.max_messages_per_session = limit
+        self.keep_history = bool(keep_history)
+        self.token_counter = token_counter or default_token_counter()
+        self.auto_create = auto_create
+        if cache is True:
+            cache = WindowCache()
+        elif isinstance(cache, int) and not isinstance(cache, bool):
+            cache = WindowCache(capacity=cache)
+        elif cache is False:
+            cache = None
+        if cache is not None and not isinstance(cache, WindowCache):
+            raise TypeError("cache must be a WindowCache, True, a capacity or None")
+        self.cache: WindowCache | None = cache
+        self.engines = Engines(url_or_engine)
+        self._schema_ready = False
+        self._memory_lock = threading.RLock() if self.engines.memory else None
+        self._build_statements()
+
+    @property
+    def metadata(self) -> MetaData:
+        """The tables' metadata, for Alembic (``target_metadata``) or ``create_all``."""
+        return self.tables.metadata
+
+    def __repr__(self) -> str:
+        url = self.engines.url.render_as_string(hide_password=True)
+        return f"SQLStore({url!r}, table_name={self.table_name!r})"
+
+    # -- statements, built once ---------------------------------------------
+
+    def _build_statements(self) -> None:
+        m, s, su = self.tables.messages, self.tables.sessions, self.tables.summaries
+        sid = bindparam("p_sid")
+        self._q_state = (
+            select(
+                s.c.user_id,
+                s.c.version,
+                s.c.message_count,
+                s.c.active_count,
+                s.c.active_tokens,
+                s.c.system_message,
+                s.c.block_marks,
+                s.c.updated_at,
+                su.c.id,
+                su.c.content,
+                su.c.token_count,
+                su.c.through_seq,
+                su.c.created_at,
+            )
+            .select_from(s.outerjoin(su, su.c.id == s.c.summary_id))
+            .where(s.c.session_id == sid)
+        )
+        self._q_window = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
+            .where(m.c.session_id == sid, m.c.status == "active")
+            .order_by(m.c.seq)
+        )
+        self._q_window_tail = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
+            .where(m.c.session_id == sid, m.c.status == "active")
+            .order_by(m.c.seq.desc())
+            .limit(bindparam("p_limit", type_=Integer, literal_execute=True))
+        )
+        self._q_history = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
+            .where(m.c.session_id == sid)
+            .order_by(m.c.seq)
+        )
+        self._q_counters = select(
+            s.c.next_seq, s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id
+        ).where(s.c.session_id == sid)
+        self._u_append = (
+            update(s)
+            .where(s.c.session_id == sid)
+            .values(
+                next_seq=s.c.next_seq + bindparam("p_n"),
+                message_count=s.c.message_count + bindparam("p_n"),
+                active_count=s.c.active_count + bindparam("p_n"),
+                active_tokens=s.c.active_tokens + bindparam("p_tokens"),
+                version=s.c.version + 1,
+                updated_at=bindparam("p_now"),
+            )
+        )
+        self._u_lock = (
+            update(s)
+            .where(s.c.session_id == sid)
+            .values(version=s.c.version + 1, updated_at=bindparam("p_now"))
+        )
+        self._q_lock = select(
+            s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id, s.c.block_marks
+        ).where(s.c.session_id == sid)
+        self._i_messages = insert(m)
+
+    # -- running operations ---------------------------------------------------
+
+    def _dialect_returns(self, conn: Connection) -> bool:
+        return bool(conn.dialect.update_returning)
+
+    def _run(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``op`` in one transaction with retries for deadlocks and session-creation races."""
+        self._ensure_schema()
+        for attempt in range(_ATTEMPTS):
+            try:
+                if self._memory_lock is not None:
+                    with self._memory_lock, self.engines.sync.begin() as conn:
+                        return op(conn)
+                if not write:
+                    with self.engines.sync.connect() as conn:
+                        return op(conn)
+                with self.engines.sync.begin() as conn:
+                    return op(conn)
+            except _SessionRace:
+                continue
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _ATTEMPTS and _is_transient(e):
+                    time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                    continue
+                raise _wrap(e) from e
+            except sa_exc.SQLAlchemyError as e:
+                raise _wrap(e) from e
+        raise ConcurrencyError("could not complete the operation after repeated conflicts")
+
+    async def _arun(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+        """The async twin of :meth:`_run` (native async when an async engine exists)."""
+        engine = self.engines.async_engine
+        if engine is None:
+            return await asyncio.to_thread(self._run, op, write=write)
+        await self._aensure_schema(engine)
+        for attempt in range(_ATTEMPTS):
+            try:
+                if not write:
+                    async with engine.connect() as aconn:
+                        return await aconn.run_sync(op)
+                async with engine.begin() as aconn:
+                    return await aconn.run_sync(op)
+            except _SessionRace:
+                continue
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _ATTEMPTS and _is_transient(e):
+                    await asyncio.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                    continue
+                raise _wrap(e) from e
+            except sa_exc.SQLAlchemyError as e:
+                raise _wrap(e) from e
+        raise ConcurrencyError("could not complete the operation after repeated conflicts")
+
+    # -- schema -----------------------------------------------------------------
+
+    def _create_schema_op(self, conn: Connection) -> None:
+        if self.schema and conn.dialect.name != "sqlite":
+            if not inspect(conn).has_schema(self.schema):
+                conn.execute(CreateSchema(self.schema))
+        self.metadata.create_all(conn, checkfirst=True)
+
+    def _create_with_retry(self, run: Callable[[], None]) -> None:
+        for attempt in range(5):
+            try:
+                run()
+                self._schema_ready = True
+                return
+            except sa_exc.SQLAlchemyError as e:
+                # another process created the same objects between our check and create
+                if attempt == 4:
+                    raise _wrap(e) from e
+                time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
+
+    def create_schema(self) -> None:
+        """Create the tables (and the schema, if named) unless they exist. Idempotent, race-safe."""
+
+        def run() -> None:
+            with self.engines.sync.begin() as conn:
+                self._create_schema_op(conn)
+
+        self._create_with_retry(run)
+
+    async def acreate_schema(self) -> None:
+        engine = self.engines.async_engine
+        if engine is None:
+            await asyncio.to_thread(self.create_schema)
+            return
+        for attempt in range(5):
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(self._create_schema_op)
+                self._schema_ready = True
+                return
+            except sa_exc.SQLAlchemyError as e:
+                if attempt == 4:
+                    raise _wrap(e) from e
+                await asyncio.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready and self.auto_create:
+            self.create_schema()
+
+    async def _aensure_schema(self, engine: AsyncEngine) -> None:
+        if not self._schema_ready and self.auto_create:
+            await self.acreate_schema()
+
+    def drop_schema(self) -> None:
+        """Drop this store's tables (not the schema). Destroys every message: for tests and tools."""
+        with self.engines.sync.begin() as conn:
+            self.metadata.drop_all(conn, checkfirst=True)
+        self._schema_ready = False
+        if self.cache is not None:
+            self.cache.clear()
+
+    async def adrop_schema(self) -> None:
+        engine = self.engines.async_engine
+        if engine is None:
+            await asyncio.to_thread(self.drop_schema)
+            return
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: self.metadata.drop_all(c, checkfirst=True))
+        self._schema_ready = False
+
+    def close(self) -> None:
+        """Dispose of the engines this store created (a caller's engine is left alone)."""
+        self.engines.dispose()
+
+    async def aclose(self) -> None:
+        await self.engines.adispose()
+
+    # -- row helpers --------------------------------------------------------------
+
+    @staticmethod
+    def _rows_to_messages(rows: Iterable[Any]) -> list[Message]:
+        return [
+            message_from_json(payload, seq=seq, token_count=tokens, status=status)
+            for seq, payload, tokens, status in rows
+        ]
+
+    def _state_from_row(self, session_id: str, row: Any) -> SessionState:
+        if row is None:
+            return SessionState(session_id)
+        system = message_from_json(row.system_message) if row.system_message else None
+        summary = None
+        if row.id is not None:
+            summary = Summary(row.id, row.content, row.token_count, row.through_seq, row.created_at)
+        return SessionState(
+            session_id,
+            exists=True,
+            user_id=row.user_id,
+            version=row.version,
+            message_count=row.message_count,
+            active_count=row.active_count,
+            active_tokens=row.active_tokens,
+            system_message=system,
+            summary=summary,
+            block_marks=json.loads(row.block_marks) if row.block_marks else {},
+            updated_at=row.updated_at,
+        )
+
+    def _lock_session(self, conn: Connection, session_id: str, now: datetime) -> Any:
+        """Bump the session's version (taking its row lock); return its row, or None."""
+        result = conn.execute(self._u_lock, {"p_sid": session_id, "p_now": now})
+        if result.rowcount == 0:
+            return None
+        return conn.execute(self._q_lock, {"p_sid": session_id}).first()
+
+    def _create_session(
+        self, conn: Connection, session_id: str, user_id: str | None, now: datetime, **values: Any
+    ) -> None:
+        row = {
+            "session_id": session_id,
+            "user_id": user_id,
+            "next_seq": 0,
+            "message_count": 0,
+            "active_count": 0,
+            "active_tokens": 0,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        row.update(values)
+        try:
+            conn.execute(insert(self.tables.sessions).values(row))
+        except sa_exc.IntegrityError as e:  # a concurrent writer created it: retry the operation
+            raise _SessionRace() from e
+
+    def _lock_or_create(
+        self, conn: Connection, session_id: str, user_id: str | None, now: datetime
+    ) -> Any:
+        row = self._lock_session(conn, session_id, now)
+        if row is None:
+            self._create_session(conn, session_id, user_id, now)
+            row = conn.execute(self._q_lock, {"p_sid": session_id}).first()
+        self._check_user(conn, session_id, row.user_id, user_id)
+        return row
+
+    def _check_user(
+        self, conn: Connection, session_id: str, owner: str | None, user_id: str | None
+    ) -> None:
+        if user_id is None or owner == user_id:
+            return
+        if owner is not None:
+            raise ValueError(f"session {session_id!r} belongs to another user")
+        s = self.tables.sessions
+        conn.execute(update(s).where(s.c.session_id == session_id).values(user_id=user_id))
+
+    # -- append -------------------------------------------------------------------
+
+    def _append_op(
+        self,
+        conn: Connection,
+        session_id: str,
+        user_id: str | None,
+        batch: list[tuple[Message, str]],
+    ) -> tuple[list[Message], int, bool]:
+        n = len(batch)
+        tokens = sum(m.token_count or 0 for m, _ in batch)
+        now = _utcnow()
+        params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
+        s = self.tables.sessions
+        if self._dialect_returns(conn):
+            row = conn.execute(
+                self._u_append.returning(
+                    s.c.next_seq, s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id
+                ),
+                params,
+            ).first()
+        else:
+            result = conn.execute(self._u_append, params)
+            row = None
+            if result.rowcount:
+                row = conn.execute(self._q_counters, {"p_sid": session_id}).first()
+        if row is None:
+            self._create_session(
+                conn,
+                session_id,
+                user_id,
+                now,
+                next_seq=n,
+                message_count=n,
+                active_count=n,
+                active_tokens=tokens,
+            )
+            next_seq, version, active_count = n, 1, n
+        else:
+            next_seq, version, active_count = row.next_seq, row.version, row.active_count
+            self._check_user(conn, session_id, row.user_id, user_id)
+        first = next_seq - n + 1
+        stored = [m.with_fields(seq=first + i, status="active") for i, (m, _) in enumerate(batch)]
+        conn.execute(
+            self._i_messages,
+            [
+                {
+                    "session_id": session_id,
+                    "seq": m.seq,
+                    "role": m.role,
+                    "status": "active",
+                    "token_count": m.token_count,
+                    "content": _display_text(m.content),
+                    "payload": payload,
+                    "created_at": now,
+                }
+                for m, (_, payload) in zip(stored, batch)
+            ],
+        )
+        trimmed = False
+        limit = self.max_messages_per_session
+        if limit is not None and active_count > limit:
+            self._evict_oldest(conn, session_id, active_count - limit)
+            trimmed = True
+        return stored, version, trimmed
+
+    def _evict_oldest(self, conn: Connection, session_id: str, count: int) -> None:
+        """Move the ``count`` oldest active messages out of the window (count limit)."""
+        m, s = self.tables.messages, self.tables.sessions
+        rows = conn.execute(
+            select(m.c.seq, m.c.token_count)
+            .where(m.c.session_id == session_id, m.c.status == "active")
+            .order_by(m.c.seq)
+            .limit(count)
+        ).all()
+        if not rows:
+            return
+        last = rows[-1].seq
+        where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq <= last)
+        if self.keep_history:
+            conn.execute(update(m).where(where).values(status="archived"))
+        else:
+            conn.execute(delete(m).where(where))
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(
+                active_count=s.c.active_count - len(rows),
+                active_tokens=s.c.active_tokens - sum(r.token_count for r in rows),
+                message_count=s.c.message_count - (0 if self.keep_history else len(rows)),
+            )
+        )
+
+    def append(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        """Append a batch in one transaction; returns the messages with ``seq`` and ``token_count``."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if not batch:
+            return []
+        stored, version, trimmed = self._run(
+            lambda c: self._append_op(c, session_id, user_id, batch)
+        )
+        self._after_append(session_id, stored, version, trimmed)
+        return stored
+
+    async def aappend(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if not batch:
+            return []
+        stored, version, trimmed = await self._arun(
+            lambda c: self._append_op(c, session_id, user_id, batch)
+        )
+        self._after_append(session_id, stored, version, trimmed)
+        return stored
+
+    def _after_append(
+        self, session_id: str, stored: list[Message], version: int, trimmed: bool
+    ) -> None:
+        if self.cache is not None:
+            if trimmed:
+                self.cache.invalidate(session_id)
+            else:
+                self.cache.extend(session_id, version, stored)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _window_op(self, conn: Connection, session_id: str, limit: int | None) -> list[Message]:
+        if limit is None:
+            return self._rows_to_messages(conn.execute(self._q_window, {"p_sid": session_id}))
+        if limit == 0:
+            return []
+        rows = conn.execute(self._q_window_tail, {"p_sid": session_id, "p_limit": limit}).all()
+        return self._rows_to_messages(reversed(rows))
+
+    def _read_op(self, conn: Connection, session_id: str) -> SessionSnapshot:
+        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
+        state = self._state_from_row(session_id, row)
+        if not state.exists:
+            return SessionSnapshot(state, [])
+        window = self.cache.get(session_id, state.version) if self.cache is not None else None
+        if window is None:
+            window = self._window_op(conn, session_id, None)
+            if self.cache is not None:
+                self.cache.put(session_id, state.version, window)
+        return SessionSnapshot(state, window)
+
+    def read_session(self, session_id: str) -> SessionSnapshot:
+        """The session's state and active window (cached windows are version-checked)."""
+        validate_id(session_id)
+        return self._run(lambda c: self._read_op(c, session_id), write=False)
+
+    async def aread_session(self, session_id: str) -> SessionSnapshot:
+        validate_id(session_id)
+        return await self._arun(lambda c: self._read_op(c, session_id), write=False)
+
+    def get_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        """The active window in order; with ``limit``, only its newest ``limit`` messages."""
+        validate_id(session_id)
+        limit = check_limit(limit)
+        if self.cache is not None and limit is None:
+            return self.read_session(session_id).window
+        return self._run(lambda c: self._window_op(c, session_id, limit), write=False)
+
+    async def aget_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        validate_id(session_id)
+        limit = check_limit(limit)
+        if self.cache is not None and limit is None:
+            return (await self.aread_session(session_id)).window
+        return await self._arun(lambda c: self._window_op(c, session_id, limit), write=False)
+
+    def _history_op(self, conn: Connection, session_id: str) -> list[Message]:
+        return self._rows_to_messages(conn.execute(self._q_history, {"p_sid": session_id}))
+
+    def get_history(self, session_id: str) -> list[Message]:
+        """Every stored message of the session, archived ones included, with their status."""
+        validate_id(session_id)
+        return self._run(lambda c: self._history_op(c, session_id), write=False)
+
+    async def aget_history(self, session_id: str) -> list[Message]:
+        validate_id(session_id)
+        return await self._arun(lambda c: self._history_op(c, session_id), write=False)
+
+    def _state_op(self, conn: Connection, session_id: str) -> SessionState:
+        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
+        return self._state_from_row(session_id, row)
+
+    def get_session(self, session_id: str) -> SessionState:
+        """The session's record: counts, active tokens, version, system message, summary."""
+        validate_id(session_id)
+        return self._run(lambda c: self._state_op(c, session_id), write=False)
+
+    async def aget_session(self, session_id: str) -> SessionState:
+        validate_id(session_id)
+        return await self._arun(lambda c: self._state_op(c, session_id), write=False)
+
+    stats = get_session
+    astats = aget_session
+
+    def _list_op(
+        self, conn: Connection, user_id: str | None, limit: int, after: str | None
+    ) -> list[SessionInfo]:
+        s = self.tables.sessions
+        q = select(
+            s.c.session_id,
+            s.c.user_id,
+            s.c.message_count,
+            s.c.active_count,
+            s.c.active_tokens,
+            s.c.updated_at,
+        )
+        if user_id is not None:
+            q = q.where(s.c.user_id == user_id)
+        if after is not None:
+            q = q.where(s.c.session_id > after)
+        rows = conn.execute(q.order_by(s.c.session_id).limit(limit)).all()
+        return [SessionInfo(*row) for row in rows]
+
+    def list_sessions(
+        self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Sessions ordered by id, ``limit`` per page; pass the last id as ``after`` for the next."""
+        validate_optional_id(user_id)
+        limit = check_limit(limit) or 0
+        if after is not None:
+            validate_id(after, "after")
+        if limit == 0:
+            return []
+        return self._run(lambda c: self._list_op(c, user_id, limit, after), write=False)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        validate_optional_id(user_id)
+        limit = check_limit(limit) or 0
+        if after is not None:
+            validate_id(after, "after")
+        if limit == 0:
+            return []
+        return await self._arun(lambda c: self._list_op(c, user_id, limit, after), write=False)
+
+    # -- archive, overflow, replace -----------------------------------------------------
+
+    def _leave_window(
+        self,
+        conn: Connection,
+        session_id: str,
+        seqs: Sequence[int],
+        status: str,
+        summary_id: int | None = None,
+    ) -> int:
+        """Move active messages ``seqs`` out of the window; returns how many were active."""
+        m = self.tables.messages
+        moved = 0
+        for chunk in _chunks(seqs):
+            where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq.in_(chunk))
+            if self.keep_history:
+                stmt = update(m).where(where).values(status=status, summary_id=summary_id)
+            else:
+                stmt = delete(m).where(where)
+            moved += conn.execute(stmt).rowcount
+        return moved
+
+    def _archive_op(self, conn: Connection, session_id: str, seqs: list[int]) -> int:
+        if self._lock_session(conn, session_id, _utcnow()) is None:
+            return 0
+        m, s = self.tables.messages, self.tables.sessions
+        tokens = 0
+        active: list[int] = []
+        for chunk in _chunks(seqs):
+            for seq, count in conn.execute(
+                select(m.c.seq, m.c.token_count).where(
+                    m.c.session_id == session_id, m.c.status == "active", m.c.seq.in_(chunk)
+                )
+            ):
+                active.append(seq)
+                tokens += count
+        if not active:
+            return 0
+        self._leave_window(conn, session_id, active, "archived")
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(
+                active_count=s.c.active_count - len(active),
+                active_tokens=s.c.active_tokens - tokens,
+                message_count=s.c.message_count - (0 if self.keep_history else len(active)),
+            )
+        )
+        return len(active)
+
+    def archive(self, session_id: str, seqs: Sequence[int]) -> int:
+        """Take messages ``seqs`` out of the active window (kept as history); returns how many."""
+        validate_id(session_id)
+        wanted = check_seqs(seqs)
+        if not wanted:
+            return 0
+        try:
+            return self._run(lambda c: self._archive_op(c, session_id, wanted))
+        finally:
+            self._invalidate(session_id)
+
+    async def aarchive(self, session_id: str, seqs: Sequence[int]) -> int:
+        validate_id(session_id)
+        wanted = check_seqs(seqs)
+        if not wanted:
+            return 0
+        try:
+            return await self._arun(lambda c: self._archive_op(c, session_id, wanted))
+        finally:
+            self._invalidate(session_id)
+
+    def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> bool:
+        row = self._lock_session(conn, session_id, _utcnow())
+        if row is None:
+            return False
+        seqs = sorted({m.seq for m in commit.evict if m.seq is not None})
+        if len(seqs) != len(commit.evict):
+            raise ValueError("evicted messages must be stored messages with distinct seq")
+        s, su = self.tables.sessions, self.tables.summaries
+        summary_id = None
+        values: dict[str, Any] = {}
+        if commit.summary is not None:
+            result = conn.execute(
+                insert(su).values(
+                    session_id=session_id,
+                    content=commit.summary,
+                    token_count=commit.summary_tokens,
+                    through_seq=seqs[-1] if seqs else 0,
+                    created_at=_utcnow(),
+                )
+            )
+            summary_id = result.inserted_primary_key[0]
+            values["summary_id"] = summary_id
+        if seqs and self._leave_window(conn, session_id, seqs, commit.status, summary_id) != len(
+            seqs
+        ):
+            raise _Conflict()
+        if commit.block_marks:
+            marks = json.loads(row.block_marks) if row.block_marks else {}
+            for block, seq in commit.block_marks.items():
+                marks[block] = max(seq, marks.get(block, 0))
+            values["block_marks"] = json.dumps(marks, sort_keys=True)
+        tokens = sum(m.token_count or 0 for m in commit.evict)
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(
+                active_count=s.c.active_count - len(seqs),
+                active_tokens=s.c.active_tokens - tokens,
+                message_count=s.c.message_count - (0 if self.keep_history else len(seqs)),
+                **values,
+            )
+        )
+        return True
+
+    def commit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
+        """Apply one overflow atomically; False (nothing changed) if its messages already left."""
+        validate_id(session_id)
+        try:
+            return self._run(lambda c: self._overflow_op(c, session_id, commit))
+        except _Conflict:
+            return False
+        finally:
+            self._invalidate(session_id)
+
+    async def acommit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
+        validate_id(session_id)
+        try:
+            return await self._arun(lambda c: self._overflow_op(c, session_id, commit))
+        except _Conflict:
+            return False
+        finally:
+            self._invalidate(session_id)
+
+    def _replace_op(
+        self,
+        conn: Connection,
+        session_id: str,
+        user_id: str | None,
+        batch: list[tuple[Message, str]],
+    ) -> list[Message]:
+        now = _utcnow()
+        self._lock_or_create(conn, session_id, user_id, now)
+        m, s = self.tables.messages, self.tables.sessions
+        where = and_(m.c.session_id == session_id, m.c.status == "active")
+        if self.keep_history:
+            conn.execute(update(m).where(where).values(status="archived"))
+        else:
+            conn.execute(delete(m).where(where))
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(active_count=0, active_tokens=0, summary_id=None)
+        )
+        if not self.keep_history:
+            count = conn.execute(
+                select(func.count()).select_from(m).where(m.c.session_id == session_id)
+            ).scalar_one()
+            conn.execute(
+                update(s).where(s.c.session_id == session_id).values(message_count=count)
+            )
+        if not batch:
+            return []
+        return self._append_op(conn, session_id, user_id, batch)[0]
+
+    def replace(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        """Make ``messages`` the whole active window in one transaction (old window archived)."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        try:
+            return self._run(lambda c: self._replace_op(c, session_id, user_id, batch))
+        finally:
+            self._invalidate(session_id)
+
+    async def areplace(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        try:
+            return await self._arun(lambda c: self._replace_op(c, session_id, user_id, batch))
+        finally:
+            self._invalidate(session_id)
+
+    # -- per-session record ------------------------------------------------------------
+
+    def _set_values_op(self, conn: Connection, session_id: str, values: dict[str, Any]) -> None:
+        self._lock_or_create(conn, session_id, None, _utcnow())
+        s = self.tables.sessions
+        conn.execute(update(s).where(s.c.session_id == session_id).values(**values))
+
+    def _system_values(self, session_id: str, message: Message | None) -> dict[str, Any]:
+        if message is None:
+            return {"system_message": None}
+        ((prepared, payload),) = prepare_batch(session_id, message, self.token_counter)
+        if prepared.role != "system":
+            raise ValueError("the session's system message must have role 'system'")
+        return {"system_message": message_to_json(prepared)}
+
+    def set_system_message(self, session_id: str, message: Message | None) -> None:
+        """Set (or with None, clear) the session's system message. It is never evicted."""
+        values = self._system_values(session_id, message)
+        self._run(lambda c: self._set_values_op(c, session_id, values))
+
+    async def aset_system_message(self, session_id: str, message: Message | None) -> None:
+        values = self._system_values(session_id, message)
+        await self._arun(lambda c: self._set_values_op(c, session_id, values))
+
+    def _block_mark_op(self, conn: Connection, session_id: str, block: str, seq: int) -> None:
+        row = self._lock_or_create(conn, session_id, None, _utcnow())
+        marks = json.loads(row.block_marks) if row.block_marks else {}
+        if seq > marks.get(block, 0):
+            marks[block] = seq
+            s = self.tables.sessions
+            conn.execute(
+                update(s)
+                .where(s.c.session_id == session_id)
+                .values(block_marks=json.dumps(marks, sort_keys=True))
+            )
+
+    def set_block_mark(self, session_id: str, block: str, seq: int) -> None:
+        """Record that long-term block ``block`` has taken the messages up to ``seq``."""
+        validate_id(session_id)
+        self._run(lambda c: self._block_mark_op(c, session_id, block, seq))
+
+    async def aset_block_mark(self, session_id: str, block: str, seq: int) -> None:
+        validate_id(session_id)
+        await self._arun(lambda c: self._block_mark_op(c, session_id, block, seq))
+
+    # -- deletion -------------------------------------------------------------------------
+
+    def _delete_sessions(self, conn: Connection, session_ids: Sequence[str]) -> int:
+        m, s, su = self.tables.messages, self.tables.sessions, self.tables.summaries
+        deleted = 0
+        for i in range(0, len(session_ids), _CHUNK):
+            chunk = session_ids[i : i + _CHUNK]
+            deleted += conn.execute(delete(s).where(s.c.session_id.in_(chunk))).rowcount
+            conn.execute(delete(m).where(m.c.session_id.in_(chunk)))
+            conn.execute(delete(su).where(su.c.session_id.in_(chunk)))
+        return deleted
+
+    def delete_session(self, session_id: str) -> bool:
+        """Delete the session: its messages, summaries and record. True if it existed."""
+        validate_id(session_id)
+        try:
+            return self._run(lambda c: self._delete_sessions(c, [session_id])) > 0
+        finally:
+            self._invalidate(session_id)
+
+    async def adelete_session(self, session_id: str) -> bool:
+        validate_id(session_id)
+        try:
+            return await self._arun(lambda c: self._delete_sessions(c, [session_id])) > 0
+        finally:
+            self._invalidate(session_id)
+
+    def _delete_user_op(self, conn: Connection, user_id: str) -> list[str]:
+        s = self.tables.sessions
+        ids = list(conn.execute(select(s.c.session_id).where(s.c.user_id == user_id)).scalars())
+        self._delete_sessions(conn, ids)
+        return ids
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete every session of ``user_id``; returns how many."""
+        validate_id(user_id, "user_id")
+        ids = self._run(lambda c: self._delete_user_op(c, user_id))
+        for sid in ids:
+            self._invalidate(sid)
+        return len(ids)
+
+    async def adelete_user(self, user_id: str) -> int:
+        validate_id(user_id, "user_id")
+        ids = await self._arun(lambda c: self._delete_user_op(c, user_id))
+        for sid in ids:
+            self._invalidate(sid)
+        return len(ids)
+
+    def _invalidate(self, session_id: str) -> None:
+        if self.cache is not None:
+            self.cache.invalidate(session_id)
+
