@@ -1,5 +1,9 @@
 """mssql-agent-memory: durable, token-aware memory for AI agents on SQL Server and friends."""
 
+from .agent_memory import AgentMemory, OverflowEvent
+from .blocks import MEMORY_PREAMBLE, BaseMemoryBlock, MemoryBlock, render_memory
+from .budget import CONTEXT_WINDOWS, context_window
+from .defaults import ENV_URL, default_url
 from .errors import (
     AgentMemoryError,
     BlockError,
@@ -11,6 +15,7 @@ from .errors import (
     StoreError,
     StoreUnavailableError,
 )
+from .groups import Group, group_messages
 from .messages import (
     Message,
     ToolCall,
@@ -19,6 +24,8 @@ from .messages import (
     message_to_dict,
     message_to_json,
 )
+from .models import CallableModel, ChatModel, Embedder, as_chat_model
+from .overflow import SUMMARY_PREFIX, FlushToLongTerm, OverflowStrategy, Summarize, Trim
 from .stores import (
     InMemoryStore,
     OverflowCommit,
@@ -42,17 +49,31 @@ from .tokens import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTEXT_WINDOWS",
+    "ENV_URL",
+    "MEMORY_PREAMBLE",
+    "SUMMARY_PREFIX",
+    "AgentMemory",
     "AgentMemoryError",
     "ApproximateTokenCounter",
+    "BaseMemoryBlock",
     "BlockError",
     "BudgetError",
+    "CallableModel",
+    "ChatModel",
     "ConcurrencyError",
+    "Embedder",
+    "FlushToLongTerm",
+    "Group",
     "InMemoryStore",
     "InvalidMessageError",
+    "MemoryBlock",
     "Message",
     "MissingDependencyError",
     "ModelError",
     "OverflowCommit",
+    "OverflowEvent",
+    "OverflowStrategy",
     "SQLStore",
     "SessionInfo",
     "SessionSnapshot",
@@ -60,17 +81,24 @@ __all__ = [
     "SessionStore",
     "StoreError",
     "StoreUnavailableError",
+    "Summarize",
     "Summary",
     "TiktokenCounter",
     "TokenCounter",
     "ToolCall",
+    "Trim",
     "WindowCache",
     "__version__",
+    "as_chat_model",
     "build_tables",
+    "context_window",
     "default_token_counter",
+    "default_url",
     "encoding_for_model",
+    "group_messages",
     "message_from_dict",
     "message_from_json",
     "message_to_dict",
     "message_to_json",
+    "render_memory",
 ]

@@ -107,9 +107,7 @@ class Message:
                 f"unknown role {self.role!r}; expected one of {sorted(ROLES)}"
             )
         if not isinstance(self.content, str):
-            raise InvalidMessageError(
-                f"content must be a str, not {type(self.content).__name__}"
-            )
+            raise InvalidMessageError(f"content must be a str, not {type(self.content).__name__}")
         for attr in ("name", "tool_call_id", "source"):
             value = getattr(self, attr)
             if value is not None and not isinstance(value, str):
@@ -268,4 +266,3 @@ def coerce_messages(messages: Message | Iterable[Message]) -> list[Message]:
         if not isinstance(item, Message):
             raise InvalidMessageError(f"expected Message, got {type(item).__name__}")
     return items
-

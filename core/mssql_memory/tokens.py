@@ -50,7 +50,9 @@ class _MessageCounting:
         raise NotImplementedError
 
     def count_message(self, message: Message) -> int:
-        total = TOKENS_PER_MESSAGE + self.count_text(message.role) + self.count_text(message.content)
+        total = (
+            TOKENS_PER_MESSAGE + self.count_text(message.role) + self.count_text(message.content)
+        )
         if message.name:
             total += TOKENS_PER_NAME + self.count_text(message.name)
         for call in message.tool_calls:

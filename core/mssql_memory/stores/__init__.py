@@ -1,12 +1,21 @@
 """Session stores: in-memory and SQL (SQL Server, SQLite, PostgreSQL, MySQL/MariaDB)."""
 
-from .base import OverflowCommit, SessionInfo, SessionSnapshot, SessionState, SessionStore, Summary
+from .base import (
+    AppendResult,
+    OverflowCommit,
+    SessionInfo,
+    SessionSnapshot,
+    SessionState,
+    SessionStore,
+    Summary,
+)
 from .cache import WindowCache
 from .memory import InMemoryStore
 from .sql import SQLStore
 from .sql_schema import StoreTables, build_tables
 
 __all__ = [
+    "AppendResult",
     "InMemoryStore",
     "OverflowCommit",
     "SQLStore",

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 from ..messages import Message
 
 __all__ = [
+    "AppendResult",
     "OverflowCommit",
     "SessionInfo",
     "SessionSnapshot",
@@ -70,6 +71,29 @@ class SessionState:
     updated_at: datetime | None = None
 
 
+class AppendResult(list[Message]):
+    """The stored messages (with ``seq`` and ``token_count``), plus the session's
+    counters right after the append, so a caller can check its token budget
+    without another read."""
+
+    def __init__(
+        self,
+        messages: Iterable[Message] = (),
+        *,
+        version: int = 0,
+        active_count: int = 0,
+        active_tokens: int = 0,
+        system_tokens: int = 0,
+        summary_tokens: int = 0,
+    ) -> None:
+        super().__init__(messages)
+        self.version = version
+        self.active_count = active_count
+        self.active_tokens = active_tokens
+        self.system_tokens = system_tokens
+        self.summary_tokens = summary_tokens
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSnapshot:
     """A session's state and its active window, read together."""
@@ -104,7 +128,7 @@ class SessionStore(Protocol):
     def create_schema(self) -> None: ...
     def append(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
-    ) -> list[Message]: ...
+    ) -> AppendResult: ...
     def get_window(self, session_id: str, *, limit: int | None = None) -> list[Message]: ...
     def get_history(self, session_id: str) -> list[Message]: ...
     def read_session(self, session_id: str) -> SessionSnapshot: ...
@@ -125,7 +149,7 @@ class SessionStore(Protocol):
     async def acreate_schema(self) -> None: ...
     async def aappend(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
-    ) -> list[Message]: ...
+    ) -> AppendResult: ...
     async def aget_window(self, session_id: str, *, limit: int | None = None) -> list[Message]: ...
     async def aget_history(self, session_id: str) -> list[Message]: ...
     async def aread_session(self, session_id: str) -> SessionSnapshot: ...

@@ -11,7 +11,7 @@ from ..messages import Message
 from ..tokens import TokenCounter, default_token_counter
 from ..validation import validate_id, validate_optional_id
 from ._prepare import check_limit, check_seqs, prepare_batch
-from .base import OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
+from .base import AppendResult, OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
 
 __all__ = ["InMemoryStore"]
 
@@ -78,12 +78,12 @@ class InMemoryStore:
 
     def append(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
-    ) -> list[Message]:
+    ) -> AppendResult:
         """Append a batch at the end of the session's window, in order."""
         batch = prepare_batch(session_id, messages, self.token_counter)
         validate_optional_id(user_id)
         if not batch:
-            return []
+            return AppendResult()
         with self._lock:
             session = self._sessions.get(session_id) or _Session()
             self._bind_user(session, user_id)
@@ -99,7 +99,16 @@ class InMemoryStore:
                 del session.active[: len(overflow)]
                 self._evict(session, overflow, "archived")
             session.touch()
-            return stored
+            return AppendResult(
+                stored,
+                version=session.version,
+                active_count=len(session.active),
+                active_tokens=sum(m.token_count or 0 for m in session.active),
+                system_tokens=(session.system_message.token_count or 0)
+                if session.system_message
+                else 0,
+                summary_tokens=session.summary.token_count if session.summary else 0,
+            )
 
     def get_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
         validate_id(session_id)
@@ -167,7 +176,7 @@ class InMemoryStore:
                 self._evict(session, session.active, "archived")
                 session.active = []
                 session.summary = None
-            return self.append(session_id, messages, user_id=user_id)
+            return list(self.append(session_id, messages, user_id=user_id))
 
     def commit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
         validate_id(session_id)
@@ -205,7 +214,7 @@ class InMemoryStore:
     def set_system_message(self, session_id: str, message: Message | None) -> None:
         validate_id(session_id)
         if message is not None:
-            (message, _), = prepare_batch(session_id, message, self.token_counter)
+            ((message, _),) = prepare_batch(session_id, message, self.token_counter)
         with self._lock:
             session = self._sessions.setdefault(session_id, _Session())
             session.system_message = message
@@ -254,7 +263,7 @@ class InMemoryStore:
     async def acreate_schema(self) -> None:
         self.create_schema()
 
-    async def aappend(self, session_id, messages, *, user_id=None) -> list[Message]:
+    async def aappend(self, session_id, messages, *, user_id=None) -> AppendResult:
         return self.append(session_id, messages, user_id=user_id)
 
     async def aget_window(self, session_id, *, limit=None) -> list[Message]:

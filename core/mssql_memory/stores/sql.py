@@ -43,11 +43,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from ..errors import ConcurrencyError, StoreError, StoreUnavailableError
-from ..messages import Message, message_from_json, message_to_json
+from ..messages import Message, message_from_json
 from ..tokens import TokenCounter, default_token_counter
 from ..validation import validate_id, validate_optional_id
 from ._prepare import check_limit, check_seqs, prepare_batch
-from .base import OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
+from .base import AppendResult, OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
 from .cache import WindowCache
 from .engines import Engines
 from .sql_schema import StoreTables, build_tables
@@ -201,6 +201,7 @@ class SQLStore:
                 s.c.active_count,
                 s.c.active_tokens,
                 s.c.system_message,
+                s.c.system_tokens,
                 s.c.block_marks,
                 s.c.updated_at,
                 su.c.id,
@@ -228,9 +229,16 @@ class SQLStore:
             .where(m.c.session_id == sid)
             .order_by(m.c.seq)
         )
-        self._q_counters = select(
-            s.c.next_seq, s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id
-        ).where(s.c.session_id == sid)
+        self._counters = (
+            s.c.next_seq,
+            s.c.version,
+            s.c.active_count,
+            s.c.active_tokens,
+            s.c.user_id,
+            s.c.system_tokens,
+            s.c.summary_tokens,
+        )
+        self._q_counters = select(*self._counters).where(s.c.session_id == sid)
         self._u_append = (
             update(s)
             .where(s.c.session_id == sid)
@@ -395,7 +403,9 @@ class SQLStore:
     def _state_from_row(self, session_id: str, row: Any) -> SessionState:
         if row is None:
             return SessionState(session_id)
-        system = message_from_json(row.system_message) if row.system_message else None
+        system = None
+        if row.system_message:
+            system = message_from_json(row.system_message, token_count=row.system_tokens)
         summary = None
         if row.id is not None:
             summary = Summary(row.id, row.content, row.token_count, row.through_seq, row.created_at)
@@ -468,19 +478,14 @@ class SQLStore:
         session_id: str,
         user_id: str | None,
         batch: list[tuple[Message, str]],
-    ) -> tuple[list[Message], int, bool]:
+    ) -> tuple[AppendResult, bool]:
         n = len(batch)
         tokens = sum(m.token_count or 0 for m, _ in batch)
         now = _utcnow()
         params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
         s = self.tables.sessions
         if self._dialect_returns(conn):
-            row = conn.execute(
-                self._u_append.returning(
-                    s.c.next_seq, s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id
-                ),
-                params,
-            ).first()
+            row = conn.execute(self._u_append.returning(*self._counters), params).first()
         else:
             result = conn.execute(self._u_append, params)
             row = None
@@ -497,9 +502,12 @@ class SQLStore:
                 active_count=n,
                 active_tokens=tokens,
             )
-            next_seq, version, active_count = n, 1, n
+            next_seq, version, active_count, active_tokens = n, 1, n, tokens
+            system_tokens = summary_tokens = 0
         else:
             next_seq, version, active_count = row.next_seq, row.version, row.active_count
+            active_tokens, system_tokens = row.active_tokens, row.system_tokens
+            summary_tokens = row.summary_tokens
             self._check_user(conn, session_id, row.user_id, user_id)
         first = next_seq - n + 1
         stored = [m.with_fields(seq=first + i, status="active") for i, (m, _) in enumerate(batch)]
@@ -522,11 +530,20 @@ class SQLStore:
         trimmed = False
         limit = self.max_messages_per_session
         if limit is not None and active_count > limit:
-            self._evict_oldest(conn, session_id, active_count - limit)
+            active_tokens -= self._evict_oldest(conn, session_id, active_count - limit)
+            active_count = limit
             trimmed = True
-        return stored, version, trimmed
+        result = AppendResult(
+            stored,
+            version=version,
+            active_count=active_count,
+            active_tokens=active_tokens,
+            system_tokens=system_tokens,
+            summary_tokens=summary_tokens,
+        )
+        return result, trimmed
 
-    def _evict_oldest(self, conn: Connection, session_id: str, count: int) -> None:
+    def _evict_oldest(self, conn: Connection, session_id: str, count: int) -> int:
         """Move the ``count`` oldest active messages out of the window (count limit)."""
         m, s = self.tables.messages, self.tables.sessions
         rows = conn.execute(
@@ -536,7 +553,7 @@ class SQLStore:
             .limit(count)
         ).all()
         if not rows:
-            return
+            return 0
         last = rows[-1].seq
         where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq <= last)
         if self.keep_history:
@@ -552,42 +569,37 @@ class SQLStore:
                 message_count=s.c.message_count - (0 if self.keep_history else len(rows)),
             )
         )
+        return sum(r.token_count for r in rows)
 
     def append(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
-    ) -> list[Message]:
+    ) -> AppendResult:
         """Append a batch in one transaction; returns the messages with ``seq`` and ``token_count``."""
         batch = prepare_batch(session_id, messages, self.token_counter)
         validate_optional_id(user_id)
         if not batch:
-            return []
-        stored, version, trimmed = self._run(
-            lambda c: self._append_op(c, session_id, user_id, batch)
-        )
-        self._after_append(session_id, stored, version, trimmed)
+            return AppendResult()
+        stored, trimmed = self._run(lambda c: self._append_op(c, session_id, user_id, batch))
+        self._after_append(session_id, stored, trimmed)
         return stored
 
     async def aappend(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
-    ) -> list[Message]:
+    ) -> AppendResult:
         batch = prepare_batch(session_id, messages, self.token_counter)
         validate_optional_id(user_id)
         if not batch:
-            return []
-        stored, version, trimmed = await self._arun(
-            lambda c: self._append_op(c, session_id, user_id, batch)
-        )
-        self._after_append(session_id, stored, version, trimmed)
+            return AppendResult()
+        stored, trimmed = await self._arun(lambda c: self._append_op(c, session_id, user_id, batch))
+        self._after_append(session_id, stored, trimmed)
         return stored
 
-    def _after_append(
-        self, session_id: str, stored: list[Message], version: int, trimmed: bool
-    ) -> None:
+    def _after_append(self, session_id: str, stored: AppendResult, trimmed: bool) -> None:
         if self.cache is not None:
             if trimmed:
                 self.cache.invalidate(session_id)
             else:
-                self.cache.extend(session_id, version, stored)
+                self.cache.extend(session_id, stored.version, stored)
 
     # -- reads ----------------------------------------------------------------------
 
@@ -798,6 +810,7 @@ class SQLStore:
             )
             summary_id = result.inserted_primary_key[0]
             values["summary_id"] = summary_id
+            values["summary_tokens"] = commit.summary_tokens
         if seqs and self._leave_window(conn, session_id, seqs, commit.status, summary_id) != len(
             seqs
         ):
@@ -857,18 +870,16 @@ class SQLStore:
         conn.execute(
             update(s)
             .where(s.c.session_id == session_id)
-            .values(active_count=0, active_tokens=0, summary_id=None)
+            .values(active_count=0, active_tokens=0, summary_id=None, summary_tokens=0)
         )
         if not self.keep_history:
             count = conn.execute(
                 select(func.count()).select_from(m).where(m.c.session_id == session_id)
             ).scalar_one()
-            conn.execute(
-                update(s).where(s.c.session_id == session_id).values(message_count=count)
-            )
+            conn.execute(update(s).where(s.c.session_id == session_id).values(message_count=count))
         if not batch:
             return []
-        return self._append_op(conn, session_id, user_id, batch)[0]
+        return list(self._append_op(conn, session_id, user_id, batch)[0])
 
     def replace(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
@@ -900,11 +911,11 @@ class SQLStore:
 
     def _system_values(self, session_id: str, message: Message | None) -> dict[str, Any]:
         if message is None:
-            return {"system_message": None}
+            return {"system_message": None, "system_tokens": 0}
         ((prepared, payload),) = prepare_batch(session_id, message, self.token_counter)
         if prepared.role != "system":
             raise ValueError("the session's system message must have role 'system'")
-        return {"system_message": message_to_json(prepared)}
+        return {"system_message": payload, "system_tokens": prepared.token_count}
 
     def set_system_message(self, session_id: str, message: Message | None) -> None:
         """Set (or with None, clear) the session's system message. It is never evicted."""
@@ -987,4 +998,3 @@ class SQLStore:
     def _invalidate(self, session_id: str) -> None:
         if self.cache is not None:
             self.cache.invalidate(session_id)
-

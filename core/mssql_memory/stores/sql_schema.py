@@ -36,7 +36,9 @@ ID = BigInteger().with_variant(Integer(), "sqlite")
 KEY = (
     Unicode(255)
     .with_variant(mssql.NVARCHAR(255, collation="Latin1_General_100_BIN2"), "mssql")
-    .with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+    .with_variant(
+        mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
 )
 #: Unbounded text (JSON payloads, content): NVARCHAR(MAX) / LONGTEXT / TEXT. Never indexed.
 TEXT = (
@@ -98,7 +100,9 @@ def build_tables(
         Column("active_tokens", BigInteger, nullable=False, default=0),
         Column("version", BigInteger, nullable=False, default=0),
         Column("summary_id", BigInteger, nullable=True),
+        Column("summary_tokens", Integer, nullable=False, default=0),
         Column("system_message", TEXT, nullable=True),
+        Column("system_tokens", Integer, nullable=False, default=0),
         Column("block_marks", TEXT, nullable=True),
         Column("created_at", TIMESTAMP, nullable=False),
         Column("updated_at", TIMESTAMP, nullable=False),

@@ -1,0 +1,75 @@
+"""The two model protocols the core needs, and a wrapper for plain functions.
+
+A :class:`ChatModel` turns messages into text (summaries, extracted facts);
+an :class:`Embedder` turns texts into vectors. The LangChain and LlamaIndex
+adapters wrap their frameworks' models into these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from .messages import Message
+
+__all__ = ["CallableModel", "ChatModel", "Embedder", "as_chat_model"]
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """Generates a text reply to a list of messages."""
+
+    def generate(self, messages: Sequence[Message]) -> str: ...
+
+    async def agenerate(self, messages: Sequence[Message]) -> str: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Embeds texts as float vectors of a fixed dimension."""
+
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    async def aembed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class CallableModel:
+    """A :class:`ChatModel` from a function ``messages -> str`` (sync or async)."""
+
+    def __init__(
+        self, fn: Callable[[Sequence[Message]], str | Awaitable[str]], *, name: str | None = None
+    ) -> None:
+        if not callable(fn):
+            raise TypeError("fn must be callable")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "model")
+
+    def generate(self, messages: Sequence[Message]) -> str:
+        result = self.fn(messages)
+        if inspect.isawaitable(result):
+            raise TypeError(f"{self.name} is async; call agenerate() from async code")
+        return result  # type: ignore[return-value]
+
+    async def agenerate(self, messages: Sequence[Message]) -> str:
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(messages)  # type: ignore[misc]
+        return await asyncio.to_thread(self.fn, messages)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"CallableModel({self.name})"
+
+
+def as_chat_model(model: object) -> ChatModel:
+    """Accept a :class:`ChatModel` or a plain function and return a :class:`ChatModel`."""
+    if isinstance(model, ChatModel):
+        return model
+    if callable(model):
+        return CallableModel(model)  # type: ignore[arg-type]
+    raise TypeError(
+        f"expected a ChatModel (generate/agenerate) or a callable, not {type(model).__name__}; "
+        "LangChain and LlamaIndex models are wrapped by their adapters' helpers"
+    )
