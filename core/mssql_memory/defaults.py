@@ -13,7 +13,7 @@ ENV_URL = "MSSQL_MEMORY_URL"
 
 
 def default_db_path() -> Path:
-    """The embedded SQLite file: ``$XDG_DATA_HOME/mssql-agent-memory/memory.db`` (or the OS's equivalent)."""
+    """The embedded SQLite file: ``$XDG_DATA_HOME/mssql-agent-memory/memory.db`` or equivalent."""
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
     elif sys.platform == "darwin":

@@ -232,6 +232,9 @@ class Summarize(OverflowStrategy):
         tokens = ctx.counter.count_message(Message("system", summary))
         return OverflowCommit(evict=list(evicted), summary=summary, summary_tokens=tokens)
 
+    def _timeout_error(self) -> ModelError:
+        return ModelError(f"summarizer timed out after {self.timeout}s")
+
     def _fallback(self, error: Exception, evicted: Sequence[Message]) -> OverflowCommit:
         if self.on_error == "raise":
             if isinstance(error, ModelError):
@@ -274,7 +277,10 @@ class Summarize(OverflowStrategy):
             ctx.model_latency_ms = (time.perf_counter() - started) * 1000
 
     def __repr__(self) -> str:
-        return f"Summarize(keep_recent={self.keep_recent}, max_summary_tokens={self.max_summary_tokens})"
+        return (
+            f"Summarize(keep_recent={self.keep_recent}, "
+            f"max_summary_tokens={self.max_summary_tokens})"
+        )
 
 
 class FlushToLongTerm(OverflowStrategy):

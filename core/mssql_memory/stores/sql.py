@@ -317,9 +317,9 @@ class SQLStore:
     # -- schema -----------------------------------------------------------------
 
     def _create_schema_op(self, conn: Connection) -> None:
-        if self.schema and conn.dialect.name != "sqlite":
-            if not inspect(conn).has_schema(self.schema):
-                conn.execute(CreateSchema(self.schema))
+        sqlite = conn.dialect.name == "sqlite"
+        if self.schema and not sqlite and not inspect(conn).has_schema(self.schema):
+            conn.execute(CreateSchema(self.schema))
         self.metadata.create_all(conn, checkfirst=True)
 
     def _create_with_retry(self, run: Callable[[], None]) -> None:
@@ -368,7 +368,7 @@ class SQLStore:
             await self.acreate_schema()
 
     def drop_schema(self) -> None:
-        """Drop this store's tables (not the schema). Destroys every message: for tests and tools."""
+        """Drop this store's tables (not the schema), destroying every message. For tests/tools."""
         with self.engines.sync.begin() as conn:
             self.metadata.drop_all(conn, checkfirst=True)
         self._schema_ready = False
@@ -483,7 +483,6 @@ class SQLStore:
         tokens = sum(m.token_count or 0 for m, _ in batch)
         now = _utcnow()
         params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
-        s = self.tables.sessions
         if self._dialect_returns(conn):
             row = conn.execute(self._u_append.returning(*self._counters), params).first()
         else:
@@ -524,7 +523,7 @@ class SQLStore:
                     "payload": payload,
                     "created_at": now,
                 }
-                for m, (_, payload) in zip(stored, batch)
+                for m, (_, payload) in zip(stored, batch, strict=True)
             ],
         )
         trimmed = False
@@ -574,7 +573,7 @@ class SQLStore:
     def append(
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
     ) -> AppendResult:
-        """Append a batch in one transaction; returns the messages with ``seq`` and ``token_count``."""
+        """Append a batch in one transaction; returns it with ``seq`` and ``token_count`` set."""
         batch = prepare_batch(session_id, messages, self.token_counter)
         validate_optional_id(user_id)
         if not batch:
@@ -697,7 +696,7 @@ class SQLStore:
     def list_sessions(
         self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[SessionInfo]:
-        """Sessions ordered by id, ``limit`` per page; pass the last id as ``after`` for the next."""
+        """Sessions ordered by id, ``limit`` per page; pass the last id as ``after``."""
         validate_optional_id(user_id)
         limit = check_limit(limit) or 0
         if after is not None:
