@@ -13,14 +13,10 @@ serialize on one row and never lose, duplicate or reorder messages.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -33,23 +29,20 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.schema import CreateSchema
 
-from ..errors import ConcurrencyError, StoreError, StoreUnavailableError
 from ..messages import Message, message_from_json
 from ..tokens import TokenCounter, default_token_counter
 from ..validation import validate_id, validate_optional_id
 from ._prepare import check_limit, check_seqs, prepare_batch
+from ._sql_base import CHUNK, RetryOperation, SQLBase, chunks, utcnow
 from .base import AppendResult, OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
 from .cache import WindowCache
-from .engines import Engines
 from .sql_schema import StoreTables, build_tables
 
 __all__ = ["SQLStore"]
@@ -57,25 +50,8 @@ __all__ = ["SQLStore"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CHUNK = 500  # ids per IN (...) list: SQL Server accepts at most 2100 parameters
-_ATTEMPTS = 6
-
-
-class _SessionRace(Exception):
-    """Two writers created the same session row at once; the loser retries."""
-
-
-class _Conflict(Exception):
-    """An optimistic check failed; the transaction is rolled back."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+_Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
+_SessionRace = RetryOperation
 
 
 def _display_text(text: str) -> str:
@@ -83,53 +59,7 @@ def _display_text(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-_TRANSIENT_CODES = {1205, 1213, 40001, 40197, 40501, 40613, 49918, 49919, 49920}
-_TRANSIENT_STATES = {"40001", "40P01", "55P03", "08006", "08001", "08S01", "HYT00"}
-
-
-def _is_transient(error: sa_exc.DBAPIError) -> bool:
-    """Deadlocks, serialization failures and SQLite's busy lock: safe to retry."""
-    orig = error.orig
-    if getattr(orig, "sqlstate", None) in _TRANSIENT_STATES:
-        return True
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in _TRANSIENT_CODES:
-        return True
-    if args and isinstance(args[0], str) and args[0][:5] in _TRANSIENT_STATES:
-        return True
-    text = str(orig).lower()
-    return "database is locked" in text or "deadlock" in text
-
-
-def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
-    if error.connection_invalidated:
-        return True
-    text = str(error.orig).lower()
-    return any(
-        s in text
-        for s in (
-            "connection refused",
-            "could not connect",
-            "can't connect",
-            "server closed the connection",
-            "connection is closed",
-            "lost connection",
-            "terminating connection",
-            "unable to open database",
-            "login timeout",
-        )
-    )
-
-
-def _wrap(error: Exception) -> StoreError:
-    if isinstance(error, sa_exc.DBAPIError) and _is_unavailable(error):
-        return StoreUnavailableError(f"database unavailable: {error.orig}")
-    if isinstance(error, sa_exc.DBAPIError):
-        return StoreError(f"database error: {error.orig}")
-    return StoreError(f"database error: {error}")
-
-
-class SQLStore:
+class SQLStore(SQLBase):
     """Session store on a SQL database through SQLAlchemy Core.
 
     ``url_or_engine`` is a URL (``mssql+pyodbc://...``, ``sqlite:///memory.db``,
@@ -156,15 +86,16 @@ class SQLStore:
         metadata: MetaData | None = None,
     ) -> None:
         self.tables: StoreTables = build_tables(table_name, schema, metadata)
+        super().__init__(
+            url_or_engine, self.tables.metadata, schema=schema, auto_create=auto_create
+        )
         self.table_name = table_name
-        self.schema = schema
         limit = check_limit(max_messages_per_session, "max_messages_per_session")
         if limit == 0:
             raise ValueError("max_messages_per_session must be positive or None")
         self.max_messages_per_session = limit
         self.keep_history = bool(keep_history)
         self.token_counter = token_counter or default_token_counter()
-        self.auto_create = auto_create
         if cache is True:
             cache = WindowCache()
         elif isinstance(cache, int) and not isinstance(cache, bool):
@@ -174,15 +105,7 @@ class SQLStore:
         if cache is not None and not isinstance(cache, WindowCache):
             raise TypeError("cache must be a WindowCache, True, a capacity or None")
         self.cache: WindowCache | None = cache
-        self.engines = Engines(url_or_engine)
-        self._schema_ready = False
-        self._memory_lock = threading.RLock() if self.engines.memory else None
         self._build_statements()
-
-    @property
-    def metadata(self) -> MetaData:
-        """The tables' metadata, for Alembic (``target_metadata``) or ``create_all``."""
-        return self.tables.metadata
 
     def __repr__(self) -> str:
         url = self.engines.url.render_as_string(hide_password=True)
@@ -261,135 +184,14 @@ class SQLStore:
         ).where(s.c.session_id == sid)
         self._i_messages = insert(m)
 
-    # -- running operations ---------------------------------------------------
-
     def _dialect_returns(self, conn: Connection) -> bool:
         return bool(conn.dialect.update_returning)
 
-    def _run(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run ``op`` in one transaction with retries for deadlocks and session-creation races."""
-        self._ensure_schema()
-        for attempt in range(_ATTEMPTS):
-            try:
-                if self._memory_lock is not None:
-                    with self._memory_lock, self.engines.sync.begin() as conn:
-                        return op(conn)
-                if not write:
-                    with self.engines.sync.connect() as conn:
-                        return op(conn)
-                with self.engines.sync.begin() as conn:
-                    return op(conn)
-            except _SessionRace:
-                continue
-            except sa_exc.DBAPIError as e:
-                if attempt + 1 < _ATTEMPTS and _is_transient(e):
-                    time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
-                    continue
-                raise _wrap(e) from e
-            except sa_exc.SQLAlchemyError as e:
-                raise _wrap(e) from e
-        raise ConcurrencyError("could not complete the operation after repeated conflicts")
-
-    async def _arun(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
-        """The async twin of :meth:`_run` (native async when an async engine exists)."""
-        engine = self.engines.async_engine
-        if engine is None:
-            return await asyncio.to_thread(self._run, op, write=write)
-        await self._aensure_schema(engine)
-        for attempt in range(_ATTEMPTS):
-            try:
-                if not write:
-                    async with engine.connect() as aconn:
-                        return await aconn.run_sync(op)
-                async with engine.begin() as aconn:
-                    return await aconn.run_sync(op)
-            except _SessionRace:
-                continue
-            except sa_exc.DBAPIError as e:
-                if attempt + 1 < _ATTEMPTS and _is_transient(e):
-                    await asyncio.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
-                    continue
-                raise _wrap(e) from e
-            except sa_exc.SQLAlchemyError as e:
-                raise _wrap(e) from e
-        raise ConcurrencyError("could not complete the operation after repeated conflicts")
-
-    # -- schema -----------------------------------------------------------------
-
-    def _create_schema_op(self, conn: Connection) -> None:
-        sqlite = conn.dialect.name == "sqlite"
-        if self.schema and not sqlite and not inspect(conn).has_schema(self.schema):
-            conn.execute(CreateSchema(self.schema))
-        self.metadata.create_all(conn, checkfirst=True)
-
-    def _create_with_retry(self, run: Callable[[], None]) -> None:
-        for attempt in range(5):
-            try:
-                run()
-                self._schema_ready = True
-                return
-            except sa_exc.SQLAlchemyError as e:
-                # another process created the same objects between our check and create
-                if attempt == 4:
-                    raise _wrap(e) from e
-                time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
-
-    def create_schema(self) -> None:
-        """Create the tables (and the schema, if named) unless they exist. Idempotent, race-safe."""
-
-        def run() -> None:
-            with self.engines.sync.begin() as conn:
-                self._create_schema_op(conn)
-
-        self._create_with_retry(run)
-
-    async def acreate_schema(self) -> None:
-        engine = self.engines.async_engine
-        if engine is None:
-            await asyncio.to_thread(self.create_schema)
-            return
-        for attempt in range(5):
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(self._create_schema_op)
-                self._schema_ready = True
-                return
-            except sa_exc.SQLAlchemyError as e:
-                if attempt == 4:
-                    raise _wrap(e) from e
-                await asyncio.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
-
-    def _ensure_schema(self) -> None:
-        if not self._schema_ready and self.auto_create:
-            self.create_schema()
-
-    async def _aensure_schema(self, engine: AsyncEngine) -> None:
-        if not self._schema_ready and self.auto_create:
-            await self.acreate_schema()
-
     def drop_schema(self) -> None:
         """Drop this store's tables (not the schema), destroying every message. For tests/tools."""
-        with self.engines.sync.begin() as conn:
-            self.metadata.drop_all(conn, checkfirst=True)
-        self._schema_ready = False
+        super().drop_schema()
         if self.cache is not None:
             self.cache.clear()
-
-    async def adrop_schema(self) -> None:
-        engine = self.engines.async_engine
-        if engine is None:
-            await asyncio.to_thread(self.drop_schema)
-            return
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda c: self.metadata.drop_all(c, checkfirst=True))
-        self._schema_ready = False
-
-    def close(self) -> None:
-        """Dispose of the engines this store created (a caller's engine is left alone)."""
-        self.engines.dispose()
-
-    async def aclose(self) -> None:
-        await self.engines.adispose()
 
     # -- row helpers --------------------------------------------------------------
 
@@ -481,7 +283,7 @@ class SQLStore:
     ) -> tuple[AppendResult, bool]:
         n = len(batch)
         tokens = sum(m.token_count or 0 for m, _ in batch)
-        now = _utcnow()
+        now = utcnow()
         params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
         if self._dialect_returns(conn):
             row = conn.execute(self._u_append.returning(*self._counters), params).first()
@@ -729,7 +531,7 @@ class SQLStore:
         """Move active messages ``seqs`` out of the window; returns how many were active."""
         m = self.tables.messages
         moved = 0
-        for chunk in _chunks(seqs):
+        for chunk in chunks(seqs):
             where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq.in_(chunk))
             if self.keep_history:
                 stmt = update(m).where(where).values(status=status, summary_id=summary_id)
@@ -739,12 +541,12 @@ class SQLStore:
         return moved
 
     def _archive_op(self, conn: Connection, session_id: str, seqs: list[int]) -> int:
-        if self._lock_session(conn, session_id, _utcnow()) is None:
+        if self._lock_session(conn, session_id, utcnow()) is None:
             return 0
         m, s = self.tables.messages, self.tables.sessions
         tokens = 0
         active: list[int] = []
-        for chunk in _chunks(seqs):
+        for chunk in chunks(seqs):
             for seq, count in conn.execute(
                 select(m.c.seq, m.c.token_count).where(
                     m.c.session_id == session_id, m.c.status == "active", m.c.seq.in_(chunk)
@@ -788,7 +590,7 @@ class SQLStore:
             self._invalidate(session_id)
 
     def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> bool:
-        row = self._lock_session(conn, session_id, _utcnow())
+        row = self._lock_session(conn, session_id, utcnow())
         if row is None:
             return False
         seqs = sorted({m.seq for m in commit.evict if m.seq is not None})
@@ -804,7 +606,7 @@ class SQLStore:
                     content=commit.summary,
                     token_count=commit.summary_tokens,
                     through_seq=seqs[-1] if seqs else 0,
-                    created_at=_utcnow(),
+                    created_at=utcnow(),
                 )
             )
             summary_id = result.inserted_primary_key[0]
@@ -858,7 +660,7 @@ class SQLStore:
         user_id: str | None,
         batch: list[tuple[Message, str]],
     ) -> list[Message]:
-        now = _utcnow()
+        now = utcnow()
         self._lock_or_create(conn, session_id, user_id, now)
         m, s = self.tables.messages, self.tables.sessions
         where = and_(m.c.session_id == session_id, m.c.status == "active")
@@ -904,7 +706,7 @@ class SQLStore:
     # -- per-session record ------------------------------------------------------------
 
     def _set_values_op(self, conn: Connection, session_id: str, values: dict[str, Any]) -> None:
-        self._lock_or_create(conn, session_id, None, _utcnow())
+        self._lock_or_create(conn, session_id, None, utcnow())
         s = self.tables.sessions
         conn.execute(update(s).where(s.c.session_id == session_id).values(**values))
 
@@ -926,7 +728,7 @@ class SQLStore:
         await self._arun(lambda c: self._set_values_op(c, session_id, values))
 
     def _block_mark_op(self, conn: Connection, session_id: str, block: str, seq: int) -> None:
-        row = self._lock_or_create(conn, session_id, None, _utcnow())
+        row = self._lock_or_create(conn, session_id, None, utcnow())
         marks = json.loads(row.block_marks) if row.block_marks else {}
         if seq > marks.get(block, 0):
             marks[block] = seq
@@ -951,8 +753,8 @@ class SQLStore:
     def _delete_sessions(self, conn: Connection, session_ids: Sequence[str]) -> int:
         m, s, su = self.tables.messages, self.tables.sessions, self.tables.summaries
         deleted = 0
-        for i in range(0, len(session_ids), _CHUNK):
-            chunk = session_ids[i : i + _CHUNK]
+        for i in range(0, len(session_ids), CHUNK):
+            chunk = session_ids[i : i + CHUNK]
             deleted += conn.execute(delete(s).where(s.c.session_id.in_(chunk))).rowcount
             conn.execute(delete(m).where(m.c.session_id.in_(chunk)))
             conn.execute(delete(su).where(su.c.session_id.in_(chunk)))

@@ -1,0 +1,249 @@
+"""What every SQL-backed store shares: engines, transactions with retries, schema creation.
+
+Operations are functions of a sync ``Connection``. :meth:`SQLBase._run` runs one
+in ``engine.begin()``; :meth:`SQLBase._arun` runs it through
+``AsyncConnection.run_sync`` (the async driver does the I/O; the event loop is
+never blocked) or, with only a sync engine, in a worker thread. Deadlocks,
+serialization failures and SQLite's busy lock are retried with backoff;
+database errors surface as :class:`~mssql_memory.StoreError` subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, MetaData, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateSchema
+
+from ..errors import ConcurrencyError, StoreError, StoreUnavailableError
+from .engines import Engines
+
+__all__ = ["CHUNK", "RetryOperation", "SQLBase", "chunks", "utcnow"]
+
+T = TypeVar("T")
+
+
+class RetryOperation(Exception):
+    """Raised inside an operation to roll it back and run it again (e.g. a creation race)."""
+
+
+CHUNK = 500  # ids per IN (...) list: SQL Server accepts at most 2100 parameters
+_ATTEMPTS = 6
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+_TRANSIENT_CODES = {1205, 1213, 40001, 40197, 40501, 40613, 49918, 49919, 49920}
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "08006", "08001", "08S01", "HYT00"}
+
+
+def _is_transient(error: sa_exc.DBAPIError) -> bool:
+    """Deadlocks, serialization failures and SQLite's busy lock: safe to retry."""
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_STATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _TRANSIENT_CODES:
+        return True
+    if args and isinstance(args[0], str) and args[0][:5] in _TRANSIENT_STATES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "deadlock" in text
+
+
+def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    text = str(error.orig).lower()
+    return any(
+        s in text
+        for s in (
+            "connection refused",
+            "could not connect",
+            "can't connect",
+            "server closed the connection",
+            "connection is closed",
+            "lost connection",
+            "terminating connection",
+            "unable to open database",
+            "login timeout",
+        )
+    )
+
+
+def _wrap(error: Exception) -> StoreError:
+    if isinstance(error, sa_exc.DBAPIError) and _is_unavailable(error):
+        return StoreUnavailableError(f"database unavailable: {error.orig}")
+    if isinstance(error, sa_exc.DBAPIError):
+        return StoreError(f"database error: {error.orig}")
+    return StoreError(f"database error: {error}")
+
+
+class SQLBase:
+    """Engines, transactions and schema management for a set of tables in ``metadata``."""
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine | AsyncEngine | Engines,
+        metadata: MetaData,
+        *,
+        schema: str | None = None,
+        auto_create: bool = True,
+    ) -> None:
+        self.engines = (
+            url_or_engine if isinstance(url_or_engine, Engines) else Engines(url_or_engine)
+        )
+        self._metadata = metadata
+        self.schema = schema
+        self.auto_create = auto_create
+        self._schema_ready = False
+        self._memory_lock = threading.RLock() if self.engines.memory else None
+
+    @property
+    def metadata(self) -> MetaData:
+        """The tables' metadata, for Alembic (``target_metadata``) or ``create_all``."""
+        return self._metadata
+
+    # -- running operations ---------------------------------------------------
+
+    def _dialect_returns(self, conn: Connection) -> bool:
+        return bool(conn.dialect.update_returning)
+
+    def _run(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``op`` in one transaction with retries for deadlocks and session-creation races."""
+        self._ensure_schema()
+        for attempt in range(_ATTEMPTS):
+            try:
+                if self._memory_lock is not None:
+                    with self._memory_lock, self.engines.sync.begin() as conn:
+                        return op(conn)
+                if not write:
+                    with self.engines.sync.connect() as conn:
+                        return op(conn)
+                with self.engines.sync.begin() as conn:
+                    return op(conn)
+            except RetryOperation:
+                continue
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _ATTEMPTS and _is_transient(e):
+                    time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                    continue
+                raise _wrap(e) from e
+            except sa_exc.SQLAlchemyError as e:
+                raise _wrap(e) from e
+        raise ConcurrencyError("could not complete the operation after repeated conflicts")
+
+    async def _arun(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+        """The async twin of :meth:`_run` (native async when an async engine exists)."""
+        engine = self.engines.async_engine
+        if engine is None:
+            return await asyncio.to_thread(self._run, op, write=write)
+        await self._aensure_schema(engine)
+        for attempt in range(_ATTEMPTS):
+            try:
+                if not write:
+                    async with engine.connect() as aconn:
+                        return await aconn.run_sync(op)
+                async with engine.begin() as aconn:
+                    return await aconn.run_sync(op)
+            except RetryOperation:
+                continue
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _ATTEMPTS and _is_transient(e):
+                    await asyncio.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                    continue
+                raise _wrap(e) from e
+            except sa_exc.SQLAlchemyError as e:
+                raise _wrap(e) from e
+        raise ConcurrencyError("could not complete the operation after repeated conflicts")
+
+    # -- schema -----------------------------------------------------------------
+
+    def _create_schema_op(self, conn: Connection) -> None:
+        sqlite = conn.dialect.name == "sqlite"
+        if self.schema and not sqlite and not inspect(conn).has_schema(self.schema):
+            conn.execute(CreateSchema(self.schema))
+        self.metadata.create_all(conn, checkfirst=True)
+
+    def _create_with_retry(self, run: Callable[[], None]) -> None:
+        for attempt in range(5):
+            try:
+                run()
+                self._schema_ready = True
+                return
+            except sa_exc.SQLAlchemyError as e:
+                # another process created the same objects between our check and create
+                if attempt == 4:
+                    raise _wrap(e) from e
+                time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
+
+    def create_schema(self) -> None:
+        """Create the tables (and the schema, if named) unless they exist. Idempotent, race-safe."""
+
+        def run() -> None:
+            with self.engines.sync.begin() as conn:
+                self._create_schema_op(conn)
+
+        self._create_with_retry(run)
+
+    async def acreate_schema(self) -> None:
+        engine = self.engines.async_engine
+        if engine is None:
+            await asyncio.to_thread(self.create_schema)
+            return
+        for attempt in range(5):
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(self._create_schema_op)
+                self._schema_ready = True
+                return
+            except sa_exc.SQLAlchemyError as e:
+                if attempt == 4:
+                    raise _wrap(e) from e
+                await asyncio.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready and self.auto_create:
+            self.create_schema()
+
+    async def _aensure_schema(self, engine: AsyncEngine) -> None:
+        if not self._schema_ready and self.auto_create:
+            await self.acreate_schema()
+
+    def drop_schema(self) -> None:
+        """Drop this store's tables (not the schema), destroying every message. For tests/tools."""
+        with self.engines.sync.begin() as conn:
+            self.metadata.drop_all(conn, checkfirst=True)
+        self._schema_ready = False
+
+    async def adrop_schema(self) -> None:
+        engine = self.engines.async_engine
+        if engine is None:
+            await asyncio.to_thread(self.drop_schema)
+            return
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: self.metadata.drop_all(c, checkfirst=True))
+        self._schema_ready = False
+
+    def close(self) -> None:
+        """Dispose of the engines this store created (a caller's engine is left alone)."""
+        self.engines.dispose()
+
+    async def aclose(self) -> None:
+        await self.engines.adispose()
