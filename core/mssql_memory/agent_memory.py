@@ -139,22 +139,31 @@ class AgentMemory:
                 return message.content
         return None
 
-    def _memory_sections_args(self, snapshot: SessionSnapshot, query: str | None):
+    def _shares(self):
+        """Yield each block with its token share; feed back the tokens it used.
+
+        The memory budget is split in proportion to the blocks' ``max_tokens``;
+        what a block leaves unused goes to the blocks after it.
+        """
         remaining = self.memory_token_limit
+        weight = sum(b.max_tokens for b in self.blocks)
         for block in self.blocks:
-            share = min(block.max_tokens, remaining)
-            if share <= 0:
-                break
-            remaining -= share
-            yield (
-                block,
-                {
-                    "query": query,
-                    "user_id": snapshot.state.user_id,
-                    "session_id": snapshot.state.session_id,
-                    "max_tokens": share,
-                },
-            )
+            share = min(block.max_tokens, remaining * block.max_tokens // max(weight, 1))
+            used = yield block, share
+            remaining -= used or 0
+            weight -= block.max_tokens
+
+    def _used(self, items: list[str]) -> int:
+        return sum(self.token_counter.count_text(i) + 3 for i in items)
+
+    def _block_kwargs(self, snapshot: SessionSnapshot, query: str | None, share: int):
+        state = snapshot.state
+        return {
+            "query": query,
+            "user_id": state.user_id,
+            "session_id": state.session_id,
+            "max_tokens": share,
+        }
 
     def _assemble(self, snapshot: SessionSnapshot, memory_text: str | None) -> list[Message]:
         """Fit system message, memory, summary and the newest whole groups into the budget."""
@@ -172,19 +181,26 @@ class AgentMemory:
             )
             if self.memory_placement == "system":
                 head.append(memory_message)
-        if state.summary is not None:
-            head.append(
-                Message(
-                    "system",
-                    state.summary.content,
-                    token_count=state.summary.token_count,
-                    id=f"summary-{state.summary.id}",
-                    metadata={"mssql_memory": "summary", "through_seq": state.summary.through_seq},
-                )
-            )
         available = self.token_limit - sum(self._tokens(m) for m in head)
         if memory_message is not None and self.memory_placement == "user":
             available -= self._tokens(memory_message)
+        if state.summary is not None:
+            summary = Message(
+                "system",
+                state.summary.content,
+                token_count=state.summary.token_count,
+                id=f"summary-{state.summary.id}",
+                metadata={"mssql_memory": "summary", "through_seq": state.summary.through_seq},
+            )
+            # a summary larger than what is left (a small budget, a grown system
+            # message) is cut in the context, so the context never exceeds the budget
+            fitted = (
+                [summary]
+                if summary.token_count <= available
+                else self._truncated(summary, available)
+            )
+            head.extend(fitted)
+            available -= sum(self._tokens(m) for m in fitted)
         groups = sanitize_window(group_messages(snapshot.window))
         chosen: list[Group] = []
         for group in reversed(groups):
@@ -230,10 +246,16 @@ class AgentMemory:
         memory_text = None
         if self.blocks:
             q = self._query_from(snapshot.window, query)
-            sections = [
-                (block.name, block.get(**kwargs))
-                for block, kwargs in self._memory_sections_args(snapshot, q)
-            ]
+            sections: list[tuple[str, list[str]]] = []
+            shares = self._shares()
+            block, share = next(shares)
+            while True:
+                items = block.get(**self._block_kwargs(snapshot, q, share)) if share > 0 else []
+                sections.append((block.name, items))
+                try:
+                    block, share = shares.send(self._used(items))
+                except StopIteration:
+                    break
             memory_text = render_memory(sections, self.token_counter, self.memory_token_limit)
         return self._assemble(snapshot, memory_text)
 
@@ -243,10 +265,18 @@ class AgentMemory:
         memory_text = None
         if self.blocks:
             q = self._query_from(snapshot.window, query)
-            sections = [
-                (block.name, await block.aget(**kwargs))
-                for block, kwargs in self._memory_sections_args(snapshot, q)
-            ]
+            sections: list[tuple[str, list[str]]] = []
+            shares = self._shares()
+            block, share = next(shares)
+            while True:
+                items = (
+                    await block.aget(**self._block_kwargs(snapshot, q, share)) if share > 0 else []
+                )
+                sections.append((block.name, items))
+                try:
+                    block, share = shares.send(self._used(items))
+                except StopIteration:
+                    break
             memory_text = render_memory(sections, self.token_counter, self.memory_token_limit)
         return self._assemble(snapshot, memory_text)
 

@@ -332,6 +332,8 @@ class FlushToLongTerm(OverflowStrategy):
         return _evict_until(groups, int(self.target_ratio * ctx.window_budget))
 
     def _pending(self, block: MemoryBlock, evicted: Sequence[Message], ctx: OverflowContext):
+        if getattr(block, "read_only", False):
+            return []  # static memory takes nothing from conversations
         mark = ctx.state.block_marks.get(block.name, 0)
         return [m for m in evicted if (m.seq or 0) > mark]
 

@@ -166,3 +166,55 @@ class SessionStore(Protocol):
     async def alist_sessions(
         self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[SessionInfo]: ...
+
+    # history edits: the primitives LlamaIndex's AsyncDBChatStore needs (``active``: None =
+    # every status, True = the active window, False = archived and summarized messages)
+    def read_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]: ...
+    def append_archived(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]: ...
+    def delete_messages(
+        self, session_id: str, seqs: Sequence[int] | None = None, *, active: bool | None = None
+    ) -> int: ...
+    def take_oldest(self, session_id: str, n: int, *, delete: bool = False) -> list[Message]: ...
+    def rewrite(
+        self,
+        session_id: str,
+        messages: Message | Iterable[Message],
+        *,
+        status: str = "active",
+        user_id: str | None = None,
+    ) -> list[Message]: ...
+
+    async def aread_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]: ...
+    async def aappend_archived(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]: ...
+    async def adelete_messages(
+        self, session_id: str, seqs: Sequence[int] | None = None, *, active: bool | None = None
+    ) -> int: ...
+    async def atake_oldest(
+        self, session_id: str, n: int, *, delete: bool = False
+    ) -> list[Message]: ...
+    async def arewrite(
+        self,
+        session_id: str,
+        messages: Message | Iterable[Message],
+        *,
+        status: str = "active",
+        user_id: str | None = None,
+    ) -> list[Message]: ...

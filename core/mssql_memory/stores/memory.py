@@ -116,7 +116,7 @@ class InMemoryStore:
         with self._lock:
             session = self._sessions.get(session_id)
             active = list(session.active) if session else []
-        return active if limit is None else active[len(active) - limit :] if limit else []
+        return active if limit is None else active[max(len(active) - limit, 0) :] if limit else []
 
     def get_history(self, session_id: str) -> list[Message]:
         validate_id(session_id)
@@ -168,7 +168,8 @@ class InMemoryStore:
         self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
     ) -> list[Message]:
         """Make ``messages`` the whole active window (the old one archived), atomically."""
-        prepare_batch(session_id, messages, self.token_counter)  # validate before touching
+        batch = prepare_batch(session_id, messages, self.token_counter)  # validate first
+        validate_optional_id(user_id)
         with self._lock:
             session = self._sessions.get(session_id)
             if session is not None:
@@ -176,7 +177,8 @@ class InMemoryStore:
                 self._evict(session, session.active, "archived")
                 session.active = []
                 session.summary = None
-            return list(self.append(session_id, messages, user_id=user_id))
+                session.touch()
+            return list(self.append(session_id, [m for m, _ in batch], user_id=user_id))
 
     def commit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
         validate_id(session_id)
@@ -195,7 +197,7 @@ class InMemoryStore:
                     self._summary_ids,
                     commit.summary,
                     commit.summary_tokens,
-                    max(wanted),
+                    max(wanted, default=0),
                     datetime.now(timezone.utc),
                 )
             self._evict(session, leaving, commit.status)
@@ -215,6 +217,8 @@ class InMemoryStore:
         validate_id(session_id)
         if message is not None:
             ((message, _),) = prepare_batch(session_id, message, self.token_counter)
+            if message.role != "system":
+                raise ValueError("the session's system message must have role 'system'")
         with self._lock:
             session = self._sessions.setdefault(session_id, _Session())
             session.system_message = message
@@ -238,6 +242,10 @@ class InMemoryStore:
     ) -> list[SessionInfo]:
         validate_optional_id(user_id)
         limit = check_limit(limit) or 0
+        if after is not None:
+            validate_id(after, "after")
+        if limit == 0:
+            return []
         with self._lock:
             rows = []
             for sid in sorted(self._sessions):
@@ -301,3 +309,133 @@ class InMemoryStore:
 
     async def alist_sessions(self, *, user_id=None, limit=100, after=None) -> list[SessionInfo]:
         return self.list_sessions(user_id=user_id, limit=limit, after=after)
+
+    # -- history edits (chat-store primitives: LlamaIndex's AsyncDBChatStore) ---------------
+
+    def read_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]:
+        """A page of the session's messages in order: all (``active=None``), the active
+        window (True) or the archived and summarized rest (False)."""
+        validate_id(session_id)
+        limit, offset = check_limit(limit), check_limit(offset, "offset") or 0
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return []
+            if active is None:
+                chosen = sorted([*session.archived, *session.active], key=lambda m: m.seq or 0)
+            else:
+                chosen = list(session.active if active else session.archived)
+        return chosen[offset:] if limit is None else chosen[offset : offset + limit]
+
+    def append_archived(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        """Append messages straight to the archived history (never to the active window)."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if not batch:
+            return []
+        with self._lock:
+            session = self._sessions.get(session_id) or _Session()
+            self._bind_user(session, user_id)
+            self._sessions[session_id] = session
+            stored = []
+            for message, _ in batch:
+                session.next_seq += 1
+                stored.append(message.with_fields(seq=session.next_seq, status="archived"))
+            session.archived.extend(stored)
+            session.touch()
+            return stored
+
+    def delete_messages(
+        self, session_id: str, seqs: Sequence[int] | None = None, *, active: bool | None = None
+    ) -> int:
+        """Delete messages ``seqs`` (default: all) that match ``active`` (None: any status);
+        the session, its system message and summary stay. Returns how many were deleted."""
+        validate_id(session_id)
+        wanted = None if seqs is None else set(check_seqs(seqs))
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or wanted == set():
+                return 0
+
+            def doomed(m: Message) -> bool:
+                return wanted is None or m.seq in wanted
+
+            before = len(session.active) + len(session.archived)
+            if active is not False:
+                session.active = [m for m in session.active if not doomed(m)]
+            if active is not True:
+                session.archived = [m for m in session.archived if not doomed(m)]
+            deleted = before - len(session.active) - len(session.archived)
+            session.touch()
+            return deleted
+
+    def take_oldest(self, session_id: str, n: int, *, delete: bool = False) -> list[Message]:
+        """Atomically move the ``n`` oldest active messages out of the window (archived, or
+        deleted with ``delete=True``) and return them."""
+        validate_id(session_id)
+        n = check_limit(n, "n") or 0
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or n == 0 or not session.active:
+                return []
+            leaving, session.active = session.active[:n], session.active[n:]
+            if not delete:
+                self._evict(session, leaving, "archived")
+            session.touch()
+            return [m.with_fields(status="archived") for m in leaving]
+
+    def rewrite(
+        self,
+        session_id: str,
+        messages: Message | Iterable[Message],
+        *,
+        status: str = "active",
+        user_id: str | None = None,
+    ) -> list[Message]:
+        """Replace the session's whole history (every status, summaries too) with ``messages``
+        stored as ``status`` ("active" or "archived"), in one step."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if status not in ("active", "archived"):
+            raise ValueError("status must be 'active' or 'archived'")
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                self._bind_user(session, user_id)
+                session.active, session.archived, session.summary = [], [], None
+                session.touch()
+            fresh = [m for m, _ in batch]
+            if status == "archived":
+                return self.append_archived(session_id, fresh, user_id=user_id)
+            return list(self.append(session_id, fresh, user_id=user_id))
+
+    async def aread_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]:
+        return self.read_messages(session_id, active=active, limit=limit, offset=offset)
+
+    async def aappend_archived(self, session_id, messages, *, user_id=None) -> list[Message]:
+        return self.append_archived(session_id, messages, user_id=user_id)
+
+    async def adelete_messages(self, session_id, seqs=None, *, active=None) -> int:
+        return self.delete_messages(session_id, seqs, active=active)
+
+    async def atake_oldest(self, session_id, n, *, delete=False) -> list[Message]:
+        return self.take_oldest(session_id, n, delete=delete)
+
+    async def arewrite(self, session_id, messages, *, status="active", user_id=None):
+        return self.rewrite(session_id, messages, status=status, user_id=user_id)

@@ -799,3 +799,302 @@ class SQLStore(SQLBase):
     def _invalidate(self, session_id: str) -> None:
         if self.cache is not None:
             self.cache.invalidate(session_id)
+
+    # -- history edits (chat-store primitives: LlamaIndex's AsyncDBChatStore) ---------------
+
+    def _status_where(self, session_id: str, active: bool | None) -> Any:
+        m = self.tables.messages
+        if active is None:
+            return m.c.session_id == session_id
+        status = m.c.status == "active" if active else m.c.status != "active"
+        return and_(m.c.session_id == session_id, status)
+
+    def _read_messages_op(
+        self, conn: Connection, session_id: str, active: bool | None, limit: int | None, offset: int
+    ) -> list[Message]:
+        m = self.tables.messages
+        q = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
+            .where(self._status_where(session_id, active))
+            .order_by(m.c.seq)
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        return self._rows_to_messages(conn.execute(q))
+
+    def read_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]:
+        """A page of the session's messages in order: all (``active=None``), the active
+        window (True) or the archived and summarized rest (False)."""
+        validate_id(session_id)
+        limit, offset = check_limit(limit), check_limit(offset, "offset") or 0
+        if limit == 0:
+            return []
+        return self._run(
+            lambda c: self._read_messages_op(c, session_id, active, limit, offset), write=False
+        )
+
+    async def aread_messages(
+        self,
+        session_id: str,
+        *,
+        active: bool | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Message]:
+        validate_id(session_id)
+        limit, offset = check_limit(limit), check_limit(offset, "offset") or 0
+        if limit == 0:
+            return []
+        return await self._arun(
+            lambda c: self._read_messages_op(c, session_id, active, limit, offset), write=False
+        )
+
+    def _append_archived_op(
+        self,
+        conn: Connection,
+        session_id: str,
+        user_id: str | None,
+        batch: list[tuple[Message, str]],
+    ) -> list[Message]:
+        now = utcnow()
+        self._lock_or_create(conn, session_id, user_id, now)
+        s, n = self.tables.sessions, len(batch)
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(next_seq=s.c.next_seq + n, message_count=s.c.message_count + n)
+        )
+        next_seq = conn.execute(
+            select(s.c.next_seq).where(s.c.session_id == session_id)
+        ).scalar_one()
+        first = next_seq - n + 1
+        stored = [m.with_fields(seq=first + i, status="archived") for i, (m, _) in enumerate(batch)]
+        conn.execute(
+            self._i_messages,
+            [
+                {
+                    "session_id": session_id,
+                    "seq": m.seq,
+                    "role": m.role,
+                    "status": "archived",
+                    "token_count": m.token_count,
+                    "content": _display_text(m.content),
+                    "payload": payload,
+                    "created_at": now,
+                }
+                for m, (_, payload) in zip(stored, batch, strict=True)
+            ],
+        )
+        return stored
+
+    def append_archived(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        """Append messages straight to the archived history (never to the active window)."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if not batch:
+            return []
+        try:
+            return self._run(lambda c: self._append_archived_op(c, session_id, user_id, batch))
+        finally:
+            self._invalidate(session_id)
+
+    async def aappend_archived(
+        self, session_id: str, messages: Message | Iterable[Message], *, user_id: str | None = None
+    ) -> list[Message]:
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if not batch:
+            return []
+        try:
+            return await self._arun(
+                lambda c: self._append_archived_op(c, session_id, user_id, batch)
+            )
+        finally:
+            self._invalidate(session_id)
+
+    def _delete_messages_op(
+        self, conn: Connection, session_id: str, seqs: list[int] | None, active: bool | None
+    ) -> int:
+        if self._lock_session(conn, session_id, utcnow()) is None:
+            return 0
+        m, s = self.tables.messages, self.tables.sessions
+        where = self._status_where(session_id, active)
+        parts = [where] if seqs is None else [and_(where, m.c.seq.in_(c)) for c in chunks(seqs)]
+        deleted = active_deleted = active_tokens = 0
+        for part in parts:
+            for status, count, tokens in conn.execute(
+                select(m.c.status, func.count(), func.sum(m.c.token_count))
+                .where(part)
+                .group_by(m.c.status)
+            ):
+                deleted += count
+                if status == "active":
+                    active_deleted += count
+                    active_tokens += int(tokens)
+            conn.execute(delete(m).where(part))
+        if deleted:
+            conn.execute(
+                update(s)
+                .where(s.c.session_id == session_id)
+                .values(
+                    message_count=s.c.message_count - deleted,
+                    active_count=s.c.active_count - active_deleted,
+                    active_tokens=s.c.active_tokens - active_tokens,
+                )
+            )
+        return deleted
+
+    def delete_messages(
+        self, session_id: str, seqs: Sequence[int] | None = None, *, active: bool | None = None
+    ) -> int:
+        """Delete messages ``seqs`` (default: all) that match ``active`` (None: any status);
+        the session, its system message and summary stay. Returns how many were deleted."""
+        validate_id(session_id)
+        wanted = None if seqs is None else check_seqs(seqs)
+        if wanted == []:
+            return 0
+        try:
+            return self._run(lambda c: self._delete_messages_op(c, session_id, wanted, active))
+        finally:
+            self._invalidate(session_id)
+
+    async def adelete_messages(
+        self, session_id: str, seqs: Sequence[int] | None = None, *, active: bool | None = None
+    ) -> int:
+        validate_id(session_id)
+        wanted = None if seqs is None else check_seqs(seqs)
+        if wanted == []:
+            return 0
+        try:
+            return await self._arun(
+                lambda c: self._delete_messages_op(c, session_id, wanted, active)
+            )
+        finally:
+            self._invalidate(session_id)
+
+    def _take_oldest_op(
+        self, conn: Connection, session_id: str, n: int, delete_them: bool
+    ) -> list[Message]:
+        if self._lock_session(conn, session_id, utcnow()) is None:
+            return []
+        m, s = self.tables.messages, self.tables.sessions
+        rows = conn.execute(
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
+            .where(m.c.session_id == session_id, m.c.status == "active")
+            .order_by(m.c.seq)
+            .limit(n)
+        ).all()
+        if not rows:
+            return []
+        where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq <= rows[-1].seq)
+        removed = delete_them or not self.keep_history
+        if removed:
+            conn.execute(delete(m).where(where))
+        else:
+            conn.execute(update(m).where(where).values(status="archived"))
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(
+                active_count=s.c.active_count - len(rows),
+                active_tokens=s.c.active_tokens - sum(r.token_count for r in rows),
+                message_count=s.c.message_count - (len(rows) if removed else 0),
+            )
+        )
+        return [msg.with_fields(status="archived") for msg in self._rows_to_messages(rows)]
+
+    def take_oldest(self, session_id: str, n: int, *, delete: bool = False) -> list[Message]:
+        """Atomically move the ``n`` oldest active messages out of the window (archived, or
+        deleted with ``delete=True``) and return them."""
+        validate_id(session_id)
+        n = check_limit(n, "n") or 0
+        if n == 0:
+            return []
+        try:
+            return self._run(lambda c: self._take_oldest_op(c, session_id, n, delete))
+        finally:
+            self._invalidate(session_id)
+
+    async def atake_oldest(self, session_id: str, n: int, *, delete: bool = False) -> list[Message]:
+        validate_id(session_id)
+        n = check_limit(n, "n") or 0
+        if n == 0:
+            return []
+        try:
+            return await self._arun(lambda c: self._take_oldest_op(c, session_id, n, delete))
+        finally:
+            self._invalidate(session_id)
+
+    def _rewrite_op(
+        self,
+        conn: Connection,
+        session_id: str,
+        user_id: str | None,
+        batch: list[tuple[Message, str]],
+        status: str,
+    ) -> list[Message]:
+        self._lock_or_create(conn, session_id, user_id, utcnow())
+        m, s, su = self.tables.messages, self.tables.sessions, self.tables.summaries
+        conn.execute(delete(m).where(m.c.session_id == session_id))
+        conn.execute(delete(su).where(su.c.session_id == session_id))
+        conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(
+                message_count=0, active_count=0, active_tokens=0, summary_id=None, summary_tokens=0
+            )
+        )
+        if not batch:
+            return []
+        if status == "archived":
+            return self._append_archived_op(conn, session_id, user_id, batch)
+        return list(self._append_op(conn, session_id, user_id, batch)[0])
+
+    def rewrite(
+        self,
+        session_id: str,
+        messages: Message | Iterable[Message],
+        *,
+        status: str = "active",
+        user_id: str | None = None,
+    ) -> list[Message]:
+        """Replace the session's whole history (every status, summaries too) with ``messages``
+        stored as ``status`` ("active" or "archived"), in one transaction."""
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if status not in ("active", "archived"):
+            raise ValueError("status must be 'active' or 'archived'")
+        try:
+            return self._run(lambda c: self._rewrite_op(c, session_id, user_id, batch, status))
+        finally:
+            self._invalidate(session_id)
+
+    async def arewrite(
+        self,
+        session_id: str,
+        messages: Message | Iterable[Message],
+        *,
+        status: str = "active",
+        user_id: str | None = None,
+    ) -> list[Message]:
+        batch = prepare_batch(session_id, messages, self.token_counter)
+        validate_optional_id(user_id)
+        if status not in ("active", "archived"):
+            raise ValueError("status must be 'active' or 'archived'")
+        try:
+            return await self._arun(
+                lambda c: self._rewrite_op(c, session_id, user_id, batch, status)
+            )
+        finally:
+            self._invalidate(session_id)

@@ -1,0 +1,77 @@
+"""Lexical relevance (BM25) for ranking facts and for hybrid vector recall."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+__all__ = ["LexicalIndex", "bm25_scores", "terms"]
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset(
+    "a an and are as at be been but by can could did do does for from had has have he her his "
+    "how i if in into is it its me my of on or our she so than that the their them then there "
+    "these they this to too us was we were what when where which who whom why will with would "
+    "you your yours i'm im just also about any some".split()
+)
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased words without stop words, with a light plural/suffix folding."""
+    out = []
+    for word in _WORD.findall(text.casefold()):
+        if word in _STOP or (len(word) < 2 and not word.isdigit()):
+            continue
+        for suffix in ("ing", "ed", "es", "s"):
+            if len(word) > len(suffix) + 3 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        out.append(word)
+    return out
+
+
+class LexicalIndex:
+    """An incremental inverted index with BM25 scoring (k1=1.2, b=0.75)."""
+
+    def __init__(self) -> None:
+        self.postings: dict[str, dict[int, int]] = {}
+        self.lengths: list[int] = []
+
+    def add(self, text: str) -> int:
+        doc = len(self.lengths)
+        counts = Counter(terms(text))
+        self.lengths.append(sum(counts.values()))
+        for term, tf in counts.items():
+            self.postings.setdefault(term, {})[doc] = tf
+        return doc
+
+    def extend(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.add(text)
+
+    def scores(self, query: str) -> dict[int, float]:
+        """BM25 score per document that shares a term with ``query``."""
+        n = len(self.lengths)
+        if n == 0:
+            return {}
+        avg = sum(self.lengths) / n or 1.0
+        out: dict[int, float] = {}
+        for term in set(terms(query)):
+            posting = self.postings.get(term)
+            if not posting:
+                continue
+            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            for doc, tf in posting.items():
+                norm = tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * self.lengths[doc] / avg))
+                out[doc] = out.get(doc, 0.0) + idf * norm
+        return out
+
+
+def bm25_scores(query: str, docs: Sequence[str]) -> list[float]:
+    """BM25 scores of ``docs`` for ``query`` (0.0 where nothing matches)."""
+    index = LexicalIndex()
+    index.extend(docs)
+    scores = index.scores(query)
+    return [scores.get(i, 0.0) for i in range(len(docs))]

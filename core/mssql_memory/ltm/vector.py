@@ -1,0 +1,277 @@
+"""VectorMemory: past turns of a user, embedded and recalled by similarity to the query.
+
+Turns are stored verbatim (date, session, speakers) with a float32 embedding in
+the vectors table. Recall scores every turn of the user by a hybrid of cosine
+similarity and BM25, over an in-process index that is checked against the
+database on every query (count and highest id of the user's rows) and loads
+only the rows it has not seen, so it is never stale across app instances.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..blocks import BaseMemoryBlock
+from ..errors import ModelError
+from ..messages import Message
+from ..models import Embedder
+from ..tokens import TokenCounter, default_token_counter
+from ._common import check_block_args, format_turn, pack, resolve_store, split_turns
+from .embedders import _numpy, from_bytes, to_bytes
+from .relevance import LexicalIndex
+from .store import StoredVector
+
+__all__ = ["VectorMemory"]
+
+
+@dataclass
+class _Index:
+    """One scope's vectors in memory."""
+
+    stamp: tuple[int, int] = (0, 0)
+    rows: list[StoredVector] = field(default_factory=list)
+    matrix: Any = None
+    lexical: LexicalIndex = field(default_factory=LexicalIndex)
+
+    def extend(self, rows: list[StoredVector]) -> None:
+        np = _numpy()
+        if not rows:
+            return
+        block = np.vstack([from_bytes(r.embedding) for r in rows])
+        self.matrix = block if self.matrix is None else np.vstack([self.matrix, block])
+        self.rows.extend(rows)
+        self.lexical.extend(r.content for r in rows)
+
+
+class VectorMemory(BaseMemoryBlock):
+    """Semantic recall of a user's past turns.
+
+    ``update`` embeds each turn (a user message and the replies that follow)
+    once — re-flushing the same messages is a no-op. ``get`` returns the
+    ``top_k`` turns most similar to the query with a score of at least
+    ``min_score``, packed within the token budget and shown oldest first.
+    ``lexical_weight`` mixes BM25 into the score (0 = vectors only). With
+    ``neighbors``, the turns just before and after a hit are added when room remains.
+    Only the user's own turns are searched (a session without a user searches
+    only its own turns); turns still in the active window are never stored here.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        store: Any = None,
+        top_k: int = 5,
+        min_score: float = 0.25,
+        max_tokens: int = 800,
+        lexical_weight: float = 0.3,
+        neighbors: int = 0,
+        name: str = "vector_memory",
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        check_block_args(name, max_tokens)
+        if not hasattr(embedder, "embed"):
+            raise TypeError("embedder must implement embed(texts) -> list of vectors")
+        if not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError("top_k must be a positive int")
+        if not 0 <= lexical_weight <= 1:
+            raise ValueError("lexical_weight must be in [0, 1]")
+        if not isinstance(neighbors, int) or neighbors < 0:
+            raise ValueError("neighbors must be a non-negative int")
+        self.embedder = embedder
+        self.store = resolve_store(store)
+        self.top_k = top_k
+        self.min_score = float(min_score)
+        self.max_tokens = max_tokens
+        self.lexical_weight = float(lexical_weight)
+        self.neighbors = neighbors
+        self.name = name
+        self.counter = token_counter or default_token_counter()
+        self._indexes: dict[tuple[str | None, str | None], _Index] = {}
+        self._lock = threading.Lock()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _rows(self, messages, vectors, turns, texts, user_id, session_id) -> list[dict[str, Any]]:
+        if len(vectors) != len(texts):
+            raise ModelError(f"embedder returned {len(vectors)} vectors for {len(texts)} texts")
+        rows = []
+        for turn, text, vector in zip(turns, texts, vectors, strict=True):
+            rows.append(
+                {
+                    "user_id": user_id,
+                    "session_id": session_id,
+                    "first_seq": turn[0].seq or 0,
+                    "last_seq": turn[-1].seq or 0,
+                    "content": text,
+                    "token_count": self.counter.count_text(text),
+                    "dimension": len(vector),
+                    "embedding": to_bytes(vector),
+                }
+            )
+        return rows
+
+    def _turns(self, messages: Sequence[Message], session_id: str):
+        turns = [t for t in split_turns(messages) if any(m.content.strip() for m in t)]
+        return turns, [format_turn(t, session_id) for t in turns]
+
+    def update(self, messages: Sequence[Message], *, user_id: str | None, session_id: str) -> None:
+        """Embed and store the turns in ``messages`` (idempotent per turn)."""
+        turns, texts = self._turns(messages, session_id)
+        if not texts:
+            return
+        vectors = self.embedder.embed(texts)
+        rows = self._rows(messages, vectors, turns, texts, user_id, session_id)
+        self.store.add_vectors(self.name, rows)
+
+    async def aupdate(
+        self, messages: Sequence[Message], *, user_id: str | None, session_id: str
+    ) -> None:
+        turns, texts = self._turns(messages, session_id)
+        if not texts:
+            return
+        vectors = await self.embedder.aembed(texts)
+        rows = self._rows(messages, vectors, turns, texts, user_id, session_id)
+        await self.store.aadd_vectors(self.name, rows)
+
+    # -- recall ------------------------------------------------------------------------------
+
+    def _scope(self, user_id: str | None, session_id: str) -> tuple[str | None, str | None]:
+        return (user_id, None) if user_id is not None else (None, session_id)
+
+    def _current(self, key, stamp: tuple[int, int]) -> tuple[_Index | None, int]:
+        """The cached index if current, else ``(None, id to load after)``."""
+        with self._lock:
+            index = self._indexes.get(key)
+        if index is not None and index.stamp == stamp:
+            return index, 0
+        grows = index is not None and stamp[0] > index.stamp[0] and stamp[1] > index.stamp[1]
+        return None, index.stamp[1] if grows else 0
+
+    def _install(self, key, after: int, rows: list[StoredVector], stamp) -> _Index | None:
+        """Apply loaded rows; None if deletions mean everything must be reloaded."""
+        with self._lock:
+            base = self._indexes.get(key) if after else None
+            index = _Index() if base is None else base
+            if after and (base is None or base.stamp[1] != after):
+                return None
+            fresh = _Index(rows=list(index.rows), matrix=index.matrix, lexical=index.lexical)
+            if after:
+                fresh.lexical = _copy_lexical(index.lexical)
+            fresh.extend(rows)
+            if after and len(fresh.rows) < stamp[0]:
+                return None  # rows were deleted and others added: rebuild
+            fresh.stamp = (len(fresh.rows), fresh.rows[-1].id if fresh.rows else 0)
+            self._indexes[key] = fresh
+            return fresh
+
+    def _index(self, user_id: str | None, session_id: str, stamp) -> _Index:
+        key = self._scope(user_id, session_id)
+        index, after = self._current(key, stamp)
+        if index is not None:
+            return index
+        load = self.store.load_vectors
+        index = self._install(
+            key, after, load(self.name, user_id, session_id, after_id=after), stamp
+        )
+        if index is None:
+            index = self._install(key, 0, load(self.name, user_id, session_id), stamp)
+        assert index is not None
+        return index
+
+    async def _aindex(self, user_id: str | None, session_id: str, stamp) -> _Index:
+        key = self._scope(user_id, session_id)
+        index, after = self._current(key, stamp)
+        if index is not None:
+            return index
+        load = self.store.aload_vectors
+        rows = await load(self.name, user_id, session_id, after_id=after)
+        index = self._install(key, after, rows, stamp)
+        if index is None:
+            index = self._install(key, 0, await load(self.name, user_id, session_id), stamp)
+        assert index is not None
+        return index
+
+    def _rank(self, index: _Index, query_vector: Any, query: str, max_tokens: int) -> list[str]:
+        np = _numpy()
+        if not index.rows:
+            return []
+        q = np.asarray(query_vector, dtype="<f4")
+        norm = float(np.linalg.norm(q)) or 1.0
+        norms = np.linalg.norm(index.matrix, axis=1)
+        norms[norms == 0] = 1.0
+        cosine = index.matrix @ q / (norms * norm)
+        score = (1 - self.lexical_weight) * cosine
+        if self.lexical_weight:
+            lexical = index.lexical.scores(query)
+            if lexical:
+                top = max(lexical.values())
+                ids = np.fromiter(lexical.keys(), dtype=np.int64)
+                vals = np.fromiter(lexical.values(), dtype=np.float32) / top
+                score[ids] += self.lexical_weight * vals
+        k = min(self.top_k, len(index.rows))
+        best = np.argpartition(-score, k - 1)[:k]
+        hits = [int(i) for i in best[np.argsort(-score[best])] if score[i] >= self.min_score]
+        picked = list(hits)
+        if self.neighbors:
+            for i in hits:
+                for d in range(1, self.neighbors + 1):
+                    for j in (i - d, i + d):
+                        same = 0 <= j < len(index.rows) and (
+                            index.rows[j].session_id == index.rows[i].session_id
+                        )
+                        if same and j not in picked:
+                            picked.append(j)
+        items = [(index.rows[i].content, index.rows[i].token_count) for i in picked]
+        chosen = sorted(picked[c] for c in pack(items, max_tokens))
+        return [index.rows[i].content for i in chosen]
+
+    def get(
+        self, *, query: str | None, user_id: str | None, session_id: str, max_tokens: int
+    ) -> list[str]:
+        """The stored turns most similar to ``query`` (none without a query)."""
+        if not query or not query.strip():
+            return []
+        budget = min(max_tokens, self.max_tokens)
+        stamp = self.store.vector_stamp(self.name, user_id, session_id)
+        if stamp[0] == 0:
+            return []
+        index = self._index(user_id, session_id, stamp)
+        (vector,) = self.embedder.embed([query])
+        return self._rank(index, vector, query, budget)
+
+    async def aget(
+        self, *, query: str | None, user_id: str | None, session_id: str, max_tokens: int
+    ) -> list[str]:
+        if not query or not query.strip():
+            return []
+        budget = min(max_tokens, self.max_tokens)
+        stamp = await self.store.avector_stamp(self.name, user_id, session_id)
+        if stamp[0] == 0:
+            return []
+        index = await self._aindex(user_id, session_id, stamp)
+        (vector,) = await self.embedder.aembed([query])
+        return self._rank(index, vector, query, budget)
+
+    def delete_user(self, user_id: str) -> int:
+        with self._lock:
+            self._indexes.pop((user_id, None), None)
+        return self.store.delete_user(user_id, block=self.name)
+
+    async def adelete_user(self, user_id: str) -> int:
+        with self._lock:
+            self._indexes.pop((user_id, None), None)
+        return await self.store.adelete_user(user_id, block=self.name)
+
+    def __repr__(self) -> str:
+        return f"VectorMemory(name={self.name!r}, top_k={self.top_k})"
+
+
+def _copy_lexical(lexical: LexicalIndex) -> LexicalIndex:
+    copy = LexicalIndex()
+    copy.postings = {term: dict(docs) for term, docs in lexical.postings.items()}
+    copy.lengths = list(lexical.lengths)
+    return copy
