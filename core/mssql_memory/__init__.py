@@ -18,6 +18,7 @@ from .errors import (
 from .groups import Group, group_messages
 from .ltm import (
     ExtractiveMemory,
+    HashingEmbedder,
     LongTermStore,
     ReadOnlyBlockError,
     SentenceTransformerEmbedder,
@@ -74,6 +75,7 @@ __all__ = [
     "ExtractiveMemory",
     "FlushToLongTerm",
     "Group",
+    "HashingEmbedder",
     "InMemoryStore",
     "InvalidMessageError",
     "LongTermStore",

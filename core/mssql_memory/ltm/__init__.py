@@ -1,7 +1,7 @@
 """Long-term memory blocks: static facts, extracted facts per user, vector recall per user."""
 
 from ._common import ReadOnlyBlockError
-from .embedders import SentenceTransformerEmbedder
+from .embedders import HashingEmbedder, SentenceTransformerEmbedder
 from .extractive import DEFAULT_EXTRACTION_PROMPT, ExtractiveMemory, parse_facts
 from .static import StaticMemory
 from .store import Fact, LongTermStore, NewFact, content_hash
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_EXTRACTION_PROMPT",
     "ExtractiveMemory",
     "Fact",
+    "HashingEmbedder",
     "LongTermStore",
     "NewFact",
     "ReadOnlyBlockError",

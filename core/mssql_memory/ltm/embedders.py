@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import MissingDependencyError, ModelError, missing_dependency
 
-__all__ = ["SentenceTransformerEmbedder", "from_bytes", "to_bytes"]
+__all__ = ["HashingEmbedder", "SentenceTransformerEmbedder", "from_bytes", "to_bytes"]
 
 
 def _numpy() -> Any:
@@ -90,3 +92,40 @@ class SentenceTransformerEmbedder:
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder({self.model_name_or_path!r})"
+
+
+class HashingEmbedder:
+    """A dependency-light lexical embedder: hashed word and word-pair counts, L2-normalized.
+
+    Not semantic — it matches shared words, not meaning — but it is
+    deterministic, needs no model download, and is honest about what it is.
+    Useful offline (the demo's fallback) and in tests.
+    """
+
+    def __init__(self, dimension: int = 512) -> None:
+        if not isinstance(dimension, int) or dimension < 8:
+            raise ValueError("dimension must be an int >= 8")
+        self.dimension = dimension
+
+    def _vector(self, text: str) -> list[float]:
+        from .relevance import terms
+
+        np = _numpy()
+        words = terms(text)
+        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+        vector = np.zeros(self.dimension, dtype="<f4")
+        for feature in features:
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "little") % self.dimension
+            vector[index] += 1.0 if digest[4] & 1 else -1.0
+        norm = float(np.linalg.norm(vector))
+        return (vector / norm if norm else vector).tolist()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self._vector(t) for t in texts]
+
+    async def aembed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.embed(texts)
+
+    def __repr__(self) -> str:
+        return f"HashingEmbedder(dimension={self.dimension})"
