@@ -214,6 +214,16 @@ class Summarize(OverflowStrategy):
             split -= 1
         split = max(min(split, len(groups) - 1), 0)
         rest = start_on_user(groups[split:])
+        if rest and rest[0].first.role != "user":
+            # keep_recent cut inside a turn (no user message is kept): reach back to
+            # the turn's user message when it fits, so the window opens on the user
+            kept_tokens = sum(g.tokens for g in rest)
+            for back in range(split - 1, -1, -1):
+                kept_tokens += groups[back].tokens
+                if kept_tokens > target:
+                    break
+                if groups[back].first.role == "user":
+                    return list(groups[:back])
         return list(groups[: len(groups) - len(rest)])
 
     def _request(self, evicted: Sequence[Message], ctx: OverflowContext) -> list[Message]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from ..errors import InvalidMessageError
 from ..messages import Message, coerce_messages, message_to_json
 from ..tokens import TokenCounter
 from ..validation import validate_id
@@ -20,9 +21,17 @@ def prepare_batch(
     validate_id(session_id)
     prepared = []
     for message in coerce_messages(messages):
+        payload = message_to_json(message)
+        try:
+            payload.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: no database can store it
+            raise InvalidMessageError(
+                f"message {message.id!r} is not valid Unicode: lone surrogate "
+                f"{e.object[e.start]!r} cannot be encoded as UTF-8"
+            ) from e
         if message.token_count is None:
             message = message.with_fields(token_count=counter.count_message(message))
-        prepared.append((message, message_to_json(message)))
+        prepared.append((message, payload))
     return prepared
 
 

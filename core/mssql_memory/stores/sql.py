@@ -711,6 +711,7 @@ class SQLStore(SQLBase):
         conn.execute(update(s).where(s.c.session_id == session_id).values(**values))
 
     def _system_values(self, session_id: str, message: Message | None) -> dict[str, Any]:
+        validate_id(session_id)
         if message is None:
             return {"system_message": None, "system_tokens": 0}
         ((prepared, payload),) = prepare_batch(session_id, message, self.token_counter)
