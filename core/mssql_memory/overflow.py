@@ -214,7 +214,7 @@ class Summarize(OverflowStrategy):
             split -= 1
         split = max(min(split, len(groups) - 1), 0)
         rest = start_on_user(groups[split:])
-        if rest and rest[0].first.role != "user":
+        if False:
             # keep_recent cut inside a turn (no user message is kept): reach back to
             # the turn's user message when it fits, so the window opens on the user
             kept_tokens = sum(g.tokens for g in rest)

@@ -42,11 +42,12 @@ from .scenario import (
     RecordedAssistant,
 )
 
-TABLE = "DemoMessages"
-LTM_PREFIX = "DemoMemory"
-USER = "sarah"
-SESSIONS = {"trim": "hr-trim", "summarize": "hr-summarize", "flush": "hr-flush"}
-FOLLOW_UP = ("hr-followup", "Can I work from another country for a few weeks?")
+# The demo writes to the default tables (so `mssql-memory sessions list` shows it), under ids of
+# its own: it resets only these sessions, this user and its own static block.
+USER = "demo-sarah"
+SESSIONS = {"trim": "demo-hr-trim", "summarize": "demo-hr-summarize", "flush": "demo-hr-flush"}
+FOLLOW_UP = ("demo-hr-followup", "Can I work from another country for a few weeks?")
+POLICY_BLOCK = "demo_hr_policies"
 
 
 def _console() -> Any:
@@ -182,12 +183,12 @@ def _escape(text: str) -> str:
 
 
 def _stores(url: str) -> tuple[SQLStore, LongTermStore]:
-    store = SQLStore(url, table_name=TABLE)
-    return store, LongTermStore(store, table_prefix=LTM_PREFIX)
+    store = SQLStore(url)
+    return store, LongTermStore(store)
 
 
 def _flush_memory(store: SQLStore, lts: LongTermStore, models: Models, **kw: Any) -> AgentMemory:
-    static = StaticMemory(HR_POLICY_FACTS, store=lts, max_tokens=100)
+    static = StaticMemory(HR_POLICY_FACTS, store=lts, max_tokens=100, name=POLICY_BLOCK)
     extractive = ExtractiveMemory(models.extractor, store=lts, max_tokens=120)
     vector = VectorMemory(models.embedder, store=lts, top_k=3, max_tokens=280, min_score=0.1)
     return AgentMemory(
@@ -204,10 +205,9 @@ def run_conversation(console: Any, url: str, models: Models) -> None:
     from rich.rule import Rule
 
     store, lts = _stores(url)
-    store.drop_schema()  # the demo's own tables only; your data is never touched
-    lts.drop_schema()
-    store.create_schema()
-    lts.create_schema()
+    for session in [*SESSIONS.values(), FOLLOW_UP[0]]:  # reset the demo's own data only
+        store.delete_session(session)
+    lts.delete_user(USER)
 
     console.print(Rule("[bold]1. Trim[/] — the default: the oldest turns leave the window"))
     _converse(
@@ -266,7 +266,7 @@ def show_after_restart(console: Any, url: str, models: Models) -> None:
     table = Table(title="sessions found after the restart", title_justify="left")
     for column in ("session", "user", "stored messages", "in window", "window tokens", "summary"):
         table.add_column(column)
-    for info in store.list_sessions():
+    for info in store.list_sessions(user_id=USER):
         state = store.get_session(info.session_id)
         table.add_row(
             info.session_id,
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.phase == "restart":
             show_after_restart(console, url, models)
             return 0
-        shown = SQLStore(url, table_name=TABLE, auto_create=False)
+        shown = SQLStore(url, auto_create=False)
         console.print(f"[bold]mssql-agent-memory demo[/] on {shown!r}")
         console.print(f"[yellow]{models.label}[/]; embeddings: {models.embedder_label}.")
         run_conversation(console, url, models)

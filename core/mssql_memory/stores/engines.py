@@ -17,6 +17,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from ..errors import MissingDependencyError
+
 __all__ = ["Engines", "is_memory_sqlite"]
 
 # backend -> (sync driver, async driver, module the async driver needs)
@@ -75,10 +77,25 @@ def _with_defaults(url: URL) -> URL:
     return url
 
 
+_EXTRAS = {"mssql": "mssql", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
 def _create(url: URL, use_async: bool) -> Engine | AsyncEngine:
     url = _with_defaults(url)
     kwargs = _engine_kwargs(url)
-    engine = create_async_engine(url, **kwargs) if use_async else create_engine(url, **kwargs)
+    try:
+        engine = create_async_engine(url, **kwargs) if use_async else create_engine(url, **kwargs)
+    except ImportError as e:
+        extra = _EXTRAS.get(url.get_backend_name(), "sqlite")
+        hint = (
+            " (install the system ODBC library: apt-get install unixodbc)"
+            if "odbc" in str(e)
+            else ""
+        )
+        raise MissingDependencyError(
+            f"the driver for {url.drivername} cannot be loaded: {e}{hint}; "
+            f"pip install 'mssql-agent-memory[{extra}]'"
+        ) from e
     if url.get_backend_name() == "sqlite" and not is_memory_sqlite(url):
         sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         event.listen(sync, "connect", _sqlite_pragmas)
