@@ -36,6 +36,7 @@ from .messages import (
 from .models import CallableModel, ChatModel, Embedder, as_chat_model
 from .overflow import SUMMARY_PREFIX, FlushToLongTerm, OverflowStrategy, Summarize, Trim
 from .stores import (
+    HistoryStore,
     InMemoryStore,
     OverflowCommit,
     SessionInfo,
@@ -76,6 +77,7 @@ __all__ = [
     "FlushToLongTerm",
     "Group",
     "HashingEmbedder",
+    "HistoryStore",
     "InMemoryStore",
     "InvalidMessageError",
     "LongTermStore",

@@ -2,6 +2,7 @@
 
 from .base import (
     AppendResult,
+    HistoryStore,
     OverflowCommit,
     SessionInfo,
     SessionSnapshot,
@@ -16,6 +17,7 @@ from .sql_schema import StoreTables, build_tables
 
 __all__ = [
     "AppendResult",
+    "HistoryStore",
     "InMemoryStore",
     "OverflowCommit",
     "SQLStore",

@@ -18,6 +18,7 @@ from ..messages import Message
 
 __all__ = [
     "AppendResult",
+    "HistoryStore",
     "OverflowCommit",
     "SessionInfo",
     "SessionSnapshot",
@@ -167,8 +168,15 @@ class SessionStore(Protocol):
         self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[SessionInfo]: ...
 
-    # history edits: the primitives LlamaIndex's AsyncDBChatStore needs (``active``: None =
-    # every status, True = the active window, False = archived and summarized messages)
+
+@runtime_checkable
+class HistoryStore(SessionStore, Protocol):
+    """A store that can also edit history directly: the primitives LlamaIndex's
+    ``AsyncDBChatStore`` needs. ``active``: None = every status, True = the active
+    window, False = archived and summarized messages. Both built-in stores are one;
+    a custom :class:`SessionStore` need not be.
+    """
+
     def read_messages(
         self,
         session_id: str,

@@ -9,6 +9,7 @@ given an ``AsyncEngine``, sync calls use a sync twin built from its URL.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from typing import Any
 
@@ -50,6 +51,8 @@ def _twin_url(url: URL, want_async: bool) -> URL | None:
     sync_driver, async_driver, module = twin
     if want_async and importlib.util.find_spec(module) is None:
         return None
+    if want_async and url.get_backend_name() == "mssql" and url.get_driver_name() != "pyodbc":
+        return None  # a pymssql URL names no ODBC driver: aioodbc could not connect with it
     driver = async_driver if want_async else sync_driver
     return url.set(drivername=f"{url.get_backend_name()}+{driver}")
 
@@ -170,9 +173,22 @@ class Engines:
         return engine
 
     def dispose(self) -> None:
-        """Close the pools of the engines this object created (never a caller's engine)."""
+        """Close the pools of the engines this object created (never a caller's engine).
+
+        An async engine needs its event loop to close its connections: from sync
+        code with no running loop one is started for it; inside a running loop,
+        call :meth:`adispose` instead (here its pool is only dropped).
+        """
         for engine in self._created:
-            (engine.sync_engine if isinstance(engine, AsyncEngine) else engine).dispose()
+            if not isinstance(engine, AsyncEngine):
+                engine.dispose()
+                continue
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(engine.dispose())
+            else:
+                engine.sync_engine.dispose(close=False)
 
     async def adispose(self) -> None:
         for engine in self._created:
