@@ -1,0 +1,200 @@
+"""WindowCache: LRU, TTL and version rules; and in a SQLStore, fewer queries without staleness."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mssql_memory import Message, SQLStore, WindowCache
+from mssql_memory.stores import cache as cache_module
+from sqlalchemy import event
+
+
+def window(*texts: str) -> list[Message]:
+    return [Message("user", t, seq=i + 1) for i, t in enumerate(texts)]
+
+
+def contents(messages: list[Message] | None) -> list[str] | None:
+    return None if messages is None else [m.content for m in messages]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A controllable monotonic clock for the cache module: ``clock[0] = t``."""
+    now = [1000.0]
+    monkeypatch.setattr(cache_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def test_hit_requires_the_exact_version() -> None:
+    """A cached window is served only for the version it was cached at."""
+    cache = WindowCache()
+    cache.put("s", 3, window("a", "b"))
+    assert contents(cache.get("s", 3)) == ["a", "b"]
+    assert cache.get("s", 4) is None
+    assert cache.get("s", 2) is None
+    assert cache.get("other", 3) is None
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_returned_window_is_a_copy() -> None:
+    """Changing a returned window does not change the cached one."""
+    cache = WindowCache()
+    cache.put("s", 1, window("a"))
+    got = cache.get("s", 1)
+    got.append(Message("user", "intruder"))
+    assert contents(cache.get("s", 1)) == ["a"]
+
+
+def test_lru_capacity_evicts_the_least_recently_used() -> None:
+    """At capacity, the entry used least recently is dropped first (gets count as use)."""
+    cache = WindowCache(capacity=2)
+    cache.put("a", 1, window("a"))
+    cache.put("b", 1, window("b"))
+    cache.get("a", 1)
+    cache.put("c", 1, window("c"))
+    assert cache.get("b", 1) is None
+    assert contents(cache.get("a", 1)) == ["a"]
+    assert contents(cache.get("c", 1)) == ["c"]
+
+
+def test_put_never_replaces_a_newer_entry() -> None:
+    """A slow reader's older window does not overwrite a newer cached one."""
+    cache = WindowCache()
+    cache.put("s", 5, window("new"))
+    cache.put("s", 4, window("old"))
+    assert contents(cache.get("s", 5)) == ["new"]
+    cache.put("s", 6, window("newer"))
+    assert contents(cache.get("s", 6)) == ["newer"]
+
+
+def test_extend_only_from_the_previous_version() -> None:
+    """extend applies an own append only when the entry is exactly one version behind."""
+    cache = WindowCache()
+    cache.put("s", 3, window("a"))
+    cache.extend("s", 4, window("b"))
+    assert contents(cache.get("s", 4)) == ["a", "b"]
+    cache.extend("s", 6, window("c"))  # version 5 happened elsewhere: drop, do not guess
+    assert cache.get("s", 6) is None
+    assert cache.get("s", 4) is None
+    cache.extend("s", 7, window("d"))  # nothing cached: nothing to extend
+    assert cache.get("s", 7) is None
+
+
+def test_extend_at_same_version_drops_the_entry() -> None:
+    """An append reported at the cached version itself is inconsistent; the entry is dropped."""
+    cache = WindowCache()
+    cache.put("s", 3, window("a"))
+    cache.extend("s", 3, window("b"))
+    assert cache.get("s", 3) is None
+
+
+def test_idle_entries_expire_after_ttl(clock: list[float]) -> None:
+    """An entry unused for ``ttl`` seconds is gone; each hit renews it."""
+    cache = WindowCache(ttl=10)
+    cache.put("s", 1, window("a"))
+    clock[0] += 9
+    assert cache.get("s", 1) is not None  # renews
+    clock[0] += 9
+    assert cache.get("s", 1) is not None
+    clock[0] += 11
+    assert cache.get("s", 1) is None
+
+
+def test_invalidate_and_clear() -> None:
+    """invalidate drops one session, clear drops all."""
+    cache = WindowCache()
+    for sid in ("a", "b", "c"):
+        cache.put(sid, 1, window(sid))
+    cache.invalidate("a")
+    cache.invalidate("missing")
+    assert cache.get("a", 1) is None and cache.get("b", 1) is not None
+    cache.clear()
+    assert cache.get("b", 1) is None and cache.get("c", 1) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"capacity": 0}, {"capacity": -1}, {"capacity": 1.5}, {"ttl": 0}, {"ttl": -5}]
+)
+def test_invalid_settings_are_rejected(kwargs: dict[str, Any]) -> None:
+    """Capacity must be a positive int and ttl positive."""
+    with pytest.raises(ValueError):
+        WindowCache(**kwargs)
+
+
+def test_store_cache_option_forms(sqlite_url: str) -> None:
+    """cache=True, a capacity or a WindowCache enable the cache; None/False disable it."""
+    shared = WindowCache(capacity=7)
+    assert SQLStore(sqlite_url, "t_opts", cache=True).cache.capacity == 1024
+    assert SQLStore(sqlite_url, "t_opts", cache=5).cache.capacity == 5
+    assert SQLStore(sqlite_url, "t_opts", cache=shared).cache is shared
+    assert SQLStore(sqlite_url, "t_opts", cache=False).cache is None
+    assert SQLStore(sqlite_url, "t_opts").cache is None
+
+
+class StatementCounter:
+    """Counts the statements a store sends to its database."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.count = 0
+        event.listen(store.engines.sync, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args: Any) -> None:
+        self.count += 1
+
+    def during(self, fn: Any) -> tuple[Any, int]:
+        before = self.count
+        result = fn()
+        return result, self.count - before
+
+
+def test_cache_hit_skips_the_window_query(make_store: Any) -> None:
+    """A hot session's window read costs one statement (the version check) instead of two."""
+    store = make_store("sqlite", cache=True)
+    store.append("s", [Message("user", "a"), Message("user", "b")])
+    counter = StatementCounter(store)
+    cold, cold_statements = counter.during(lambda: store.get_window("s"))
+    warm, warm_statements = counter.during(lambda: store.get_window("s"))
+    assert contents(warm) == contents(cold) == ["a", "b"]
+    assert (cold_statements, warm_statements) == (2, 1)
+    uncached = make_store("sqlite", table_name=store.table_name)
+    uncached.create_schema()
+    plain = StatementCounter(uncached)
+    _, statements = plain.during(lambda: uncached.get_window("s"))
+    assert statements == 1  # without a cache the window is one query, never a version check
+
+
+def test_own_append_keeps_the_cache_warm(make_store: Any) -> None:
+    """After this instance appends, the next read is still a hit and includes the new message."""
+    store = make_store("sqlite", cache=True)
+    store.append("s", [Message("user", "a")])
+    store.get_window("s")
+    store.append("s", [Message("user", "b")])
+    hits = store.cache.hits
+    assert contents(store.get_window("s")) == ["a", "b"]
+    assert store.cache.hits == hits + 1
+
+
+def test_trimmed_append_reloads(make_store: Any) -> None:
+    """When an append pushes messages out (max_messages_per_session), the cache reloads."""
+    store = make_store("sqlite", cache=True, max_messages_per_session=2)
+    store.append("s", [Message("user", "a"), Message("user", "b")])
+    store.get_window("s")
+    store.append("s", [Message("user", "c")])
+    assert contents(store.get_window("s")) == ["b", "c"]
+
+
+def test_other_instance_write_is_seen(make_store: Any) -> None:
+    """A write by another instance (own cache, same table) is never hidden by this cache."""
+    a = make_store("sqlite", cache=True)
+    b = make_store("sqlite", cache=True, table_name=a.table_name)
+    a.append("s", [Message("user", "a")])
+    assert contents(a.get_window("s")) == ["a"]
+    b.append("s", [Message("user", "b")])
+    a.append("s", [Message("user", "c")])  # a's entry is two versions behind now
+    assert contents(a.get_window("s")) == ["a", "b", "c"]
+    b.set_system_message("s", Message("system", "sys"))
+    snapshot = a.read_session("s")
+    assert snapshot.state.system_message.content == "sys"
+    assert contents(snapshot.window) == ["a", "b", "c"]
