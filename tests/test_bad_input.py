@@ -169,8 +169,14 @@ NON_JSON = [
     {"score": math.inf},
     {"blob": b"\x00\x01"},
     {"when": datetime(2024, 1, 1)},
-    {(1, 2): "tuple key"},
 ]
+
+
+@pytest.mark.parametrize("metadata", [{(1, 2): "tuple key"}, {1: "a"}, {"nested": {2: "b"}}])
+def test_non_string_metadata_keys_are_rejected_at_construction(metadata: Any) -> None:
+    """Metadata keys JSON would coerce to strings are refused, so round trips stay exact."""
+    with pytest.raises(InvalidMessageError):
+        Message("user", "x", metadata=metadata)
 
 
 async def test_non_json_metadata_rejects_the_whole_batch(seeded: Any) -> None:

@@ -12,7 +12,7 @@ from .budget import derive_token_limit
 from .groups import Group, group_messages, sanitize_window, start_on_user
 from .messages import Message, coerce_messages
 from .overflow import OverflowContext, OverflowStrategy, Trim, truncate_to_tokens
-from .stores.base import AppendResult, SessionSnapshot, SessionStore
+from .stores.base import AppendResult, SessionSnapshot, SessionState, SessionStore
 from .stores.memory import InMemoryStore
 from .stores.sql import SQLStore
 from .tokens import TokenCounter, default_token_counter
@@ -37,6 +37,21 @@ class OverflowEvent:
     model_latency_ms: float
     summary_tokens: int = 0
     applied: bool = True
+
+
+def _same_base(planned: SessionState, current: SessionState) -> bool:
+    """True if the summary and block marks an overflow was planned on are still current.
+
+    A store may read a session's record and its window in two statements (READ
+    COMMITTED, SQLite outside a transaction); if another instance committed an
+    overflow in between, the plan would roll an old summary forward or feed a
+    block messages it already took. Summaries and marks only move forward, so a
+    record read after the window that still matches proves the plan consistent;
+    the commit's optimistic check covers what happens after.
+    """
+    summary = planned.summary.id if planned.summary else None
+    now = current.summary.id if current.summary else None
+    return summary == now and dict(planned.block_marks) == dict(current.block_marks)
 
 
 class AgentMemory:
@@ -228,14 +243,17 @@ class AgentMemory:
         if available <= overhead:
             return []
         text = truncate_to_tokens(message.content, available - overhead, self.token_counter)
-        cut = message.with_fields(content=text + " [truncated]", token_count=None)
+        # raw=None: the framework form would restore the full text
+        cut = message.with_fields(content=text + " [truncated]", token_count=None, raw=None)
         return [cut.with_fields(token_count=self.token_counter.count_message(cut))]
 
     def _prefix_latest_user(self, window: list[Message], memory: Message) -> list[Message]:
         for index in range(len(window) - 1, -1, -1):
             if window[index].role == "user":
                 m = window[index]
-                merged = m.with_fields(content=f"{memory.content}\n\n{m.content}", token_count=None)
+                merged = m.with_fields(
+                    content=f"{memory.content}\n\n{m.content}", token_count=None, raw=None
+                )
                 return [*window[:index], merged, *window[index + 1 :]]
         return [memory, *window]
 
@@ -380,6 +398,10 @@ class AgentMemory:
             if plan is None:
                 return False
             ctx, evicted = plan
+            if self.overflow._uses_base and not _same_base(
+                ctx.state, self.store.get_session(session_id)
+            ):
+                continue  # a torn read: the summary or marks predate the window
             commit = self.overflow.prepare([m for g in evicted for m in g.messages], ctx)
             if commit is None:
                 self._report(ctx, evicted, None, applied=False)
@@ -397,6 +419,10 @@ class AgentMemory:
             if plan is None:
                 return False
             ctx, evicted = plan
+            if self.overflow._uses_base and not _same_base(
+                ctx.state, await self.store.aget_session(session_id)
+            ):
+                continue  # a torn read: the summary or marks predate the window
             commit = await self.overflow.aprepare([m for g in evicted for m in g.messages], ctx)
             if commit is None:
                 self._report(ctx, evicted, None, applied=False)

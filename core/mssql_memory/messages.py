@@ -51,6 +51,15 @@ def _check_json(value: Any, what: str) -> None:
         raise InvalidMessageError(f"{what} must be JSON-serializable: {e}") from e
 
 
+def _str_keys(value: Any) -> bool:
+    """True if every mapping inside ``value`` has only string keys (JSON would coerce others)."""
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _str_keys(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_str_keys(v) for v in value)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """One tool invocation requested by an assistant message."""
@@ -127,6 +136,8 @@ class Message:
             raise InvalidMessageError("only assistant messages carry tool_calls")
         if not isinstance(self.metadata, Mapping):
             raise InvalidMessageError("metadata must be a mapping")
+        if not _str_keys(self.metadata):
+            raise InvalidMessageError("metadata keys must be strings (JSON objects)")
         if not isinstance(self.created_at, datetime):
             raise InvalidMessageError("created_at must be a datetime")
         if self.created_at.tzinfo is None:

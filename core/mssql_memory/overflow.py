@@ -93,6 +93,9 @@ class OverflowStrategy:
     """Base of the strategies (see :class:`Trim`, :class:`Summarize`, :class:`FlushToLongTerm`)."""
 
     name = "overflow"
+    #: prepare() builds on the session's summary or block marks, so a plan made from a
+    #: torn read (record older than the window) must be re-checked before it runs
+    _uses_base = True
 
     def should_run(self, window_tokens: int, window_budget: int) -> bool:
         return window_tokens > window_budget
@@ -118,6 +121,7 @@ class Trim(OverflowStrategy):
     """
 
     name = "trim"
+    _uses_base = False
 
     def __init__(self, *, trim_count: int | None = None) -> None:
         _check_positive(trim_count, "trim_count", allow_none=True)
@@ -214,7 +218,7 @@ class Summarize(OverflowStrategy):
             split -= 1
         split = max(min(split, len(groups) - 1), 0)
         rest = start_on_user(groups[split:])
-        if False:
+        if rest and rest[0].first.role != "user":
             # keep_recent cut inside a turn (no user message is kept): reach back to
             # the turn's user message when it fits, so the window opens on the user
             kept_tokens = sum(g.tokens for g in rest)

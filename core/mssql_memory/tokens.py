@@ -80,7 +80,9 @@ class ApproximateTokenCounter(_MessageCounting):
 
 
 def encoding_for_model(model: str | None) -> str:
-    """The tiktoken encoding name for ``model`` (o200k_base for gpt-4o/4.1/5, else cl100k_base)."""
+    """The tiktoken encoding for ``model``: o200k_base for gpt-4o/4.1/5 and o-series,
+    cl100k_base for gpt-4/3.5 and for no model, else tiktoken's own mapping (o200k_base
+    for models it does not know)."""
     if not model:
         return "cl100k_base"
     name = model.lower().split("/")[-1]

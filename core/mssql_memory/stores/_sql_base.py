@@ -113,7 +113,24 @@ class SQLBase:
         self.schema = schema
         self.auto_create = auto_create
         self._schema_ready = False
+        self._check_names()
         self._memory_lock = threading.RLock() if self.engines.memory else None
+
+    def _check_names(self) -> None:
+        """Reject names this database cannot hold, before any SQL runs."""
+        dialect = self.engines.dialect
+        if self.schema is not None and dialect.name == "sqlite":
+            raise ValueError("SQLite has no schemas: leave schema=None (or attach a database)")
+        limit = dialect.max_identifier_length or 128
+        for table in self._metadata.tables.values():
+            names = [table.name] + [i.name for i in table.indexes if i.name]
+            names += [c.name for c in table.constraints if isinstance(c.name, str)]
+            for name in names:
+                if len(name) > limit:
+                    raise ValueError(
+                        f"{name!r} is {len(name)} characters long; {dialect.name} allows "
+                        f"{limit}: choose a shorter table name"
+                    )
 
     @property
     def metadata(self) -> MetaData:

@@ -138,10 +138,15 @@ class Engines:
         self.memory = is_memory_sqlite(self.url)
 
     @property
-    def dialect_name(self) -> str:
+    def dialect(self) -> Any:
+        """The SQLAlchemy dialect of the engines (no connection is made)."""
         engine = self._sync or self._async
         assert engine is not None
-        return engine.dialect.name
+        return engine.dialect
+
+    @property
+    def dialect_name(self) -> str:
+        return self.dialect.name
 
     @property
     def sync(self) -> Engine:

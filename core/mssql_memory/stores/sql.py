@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -52,6 +52,13 @@ T = TypeVar("T")
 
 _Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
 _SessionRace = RetryOperation
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Stored timestamps are naive UTC; hand them out timezone-aware."""
+    return (
+        value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    )
 
 
 def _display_text(text: str) -> str:
@@ -210,7 +217,9 @@ class SQLStore(SQLBase):
             system = message_from_json(row.system_message, token_count=row.system_tokens)
         summary = None
         if row.id is not None:
-            summary = Summary(row.id, row.content, row.token_count, row.through_seq, row.created_at)
+            summary = Summary(
+                row.id, row.content, row.token_count, row.through_seq, _aware(row.created_at)
+            )
         return SessionState(
             session_id,
             exists=True,
@@ -222,7 +231,7 @@ class SQLStore(SQLBase):
             system_message=system,
             summary=summary,
             block_marks=json.loads(row.block_marks) if row.block_marks else {},
-            updated_at=row.updated_at,
+            updated_at=_aware(row.updated_at),
         )
 
     def _lock_session(self, conn: Connection, session_id: str, now: datetime) -> Any:
@@ -493,7 +502,7 @@ class SQLStore(SQLBase):
         if after is not None:
             q = q.where(s.c.session_id > after)
         rows = conn.execute(q.order_by(s.c.session_id).limit(limit)).all()
-        return [SessionInfo(*row) for row in rows]
+        return [SessionInfo(*row[:5], _aware(row[5])) for row in rows]
 
     def list_sessions(
         self, *, user_id: str | None = None, limit: int = 100, after: str | None = None
