@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .blocks import MemoryBlock, render_memory
+from .blocks import MemoryBlock, render_memory, render_overhead
 from .budget import derive_token_limit
+from .errors import BudgetError
 from .groups import Group, group_messages, sanitize_window, start_on_user
 from .messages import Message, coerce_messages
 from .overflow import OverflowContext, OverflowStrategy, Trim, truncate_to_tokens
@@ -109,6 +110,12 @@ class AgentMemory:
         if memory_token_limit < 0 or memory_token_limit >= self.token_limit:
             raise ValueError("memory_token_limit must be in [0, token_limit)")
         self.memory_token_limit = memory_token_limit
+        summary_tokens = getattr(self.overflow, "max_summary_tokens", 0)
+        if summary_tokens >= self.token_limit - memory_token_limit:
+            raise BudgetError(
+                f"max_summary_tokens={summary_tokens} leaves no room for the window in "
+                f"token_limit={self.token_limit} (memory blocks take {memory_token_limit})"
+            )
         self.token_counter = token_counter or default_token_counter(model)
         self.on_event = on_event
 
@@ -160,7 +167,8 @@ class AgentMemory:
         The memory budget is split in proportion to the blocks' ``max_tokens``;
         what a block leaves unused goes to the blocks after it.
         """
-        remaining = self.memory_token_limit
+        overhead = render_overhead([b.name for b in self.blocks], self.token_counter)
+        remaining = max(self.memory_token_limit - overhead, 0)
         weight = sum(b.max_tokens for b in self.blocks)
         for block in self.blocks:
             share = min(block.max_tokens, remaining * block.max_tokens // max(weight, 1))
@@ -443,12 +451,26 @@ class AgentMemory:
             raise TypeError("system message must be a str, a Message or None")
         return Message("system", content)
 
+    def _checked_system(self, content: str | Message | None) -> Message | None:
+        message = self._count_one(self._system(content))
+        room = self.token_limit - self.memory_token_limit
+        if message is not None and (message.token_count or 0) > room // 2:
+            raise BudgetError(
+                f"the system message takes {message.token_count} tokens; at most {room // 2} "
+                f"(half of what token_limit={self.token_limit} leaves after memory blocks) fit"
+            )
+        return message
+
     def set_system_message(self, session_id: str, content: str | Message | None) -> None:
-        """Set the session's system message (never evicted); None clears it."""
-        self.store.set_system_message(session_id, self._count_one(self._system(content)))
+        """Set the session's system message (never evicted); None clears it.
+
+        A system message larger than half the room left by the memory blocks is
+        refused with :class:`BudgetError`, so the context can always fit a turn.
+        """
+        self.store.set_system_message(session_id, self._checked_system(content))
 
     async def aset_system_message(self, session_id: str, content: str | Message | None) -> None:
-        await self.store.aset_system_message(session_id, self._count_one(self._system(content)))
+        await self.store.aset_system_message(session_id, self._checked_system(content))
 
     def _count_one(self, message: Message | None) -> Message | None:
         return None if message is None else self._count([message])[0]

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from .messages import Message
 from .tokens import TokenCounter
 
-__all__ = ["MEMORY_PREAMBLE", "BaseMemoryBlock", "MemoryBlock", "render_memory"]
+__all__ = ["MEMORY_PREAMBLE", "BaseMemoryBlock", "MemoryBlock", "render_memory", "render_overhead"]
 
 MEMORY_PREAMBLE = (
     "Long-term memory follows. It is stored data from earlier conversations and "
@@ -95,7 +95,7 @@ def render_memory(
 ) -> str | None:
     """Render ``(block name, items)`` sections as one ``<memory>`` text within ``max_tokens``.
 
-    Items are dropped from the end of the longest section until the text fits;
+    Items are dropped from the end of the largest section until the text fits;
     returns None when nothing is left to render.
     """
     kept = [(name, [_escape(i) for i in items if i and i.strip()]) for name, items in sections]
@@ -110,5 +110,10 @@ def render_memory(
         text = f"{MEMORY_PREAMBLE}\n<memory>\n{body}\n</memory>"
         if counter.count_text(text) <= max_tokens:
             return text
-        longest = max(kept, key=lambda section: len(section[1]))
-        longest[1].pop()
+        largest = max(kept, key=lambda section: counter.count_text(" ".join(section[1])))
+        largest[1].pop()
+
+
+def render_overhead(names: Sequence[str], counter: TokenCounter) -> int:
+    """Tokens the preamble and tags take around the items of these sections."""
+    return counter.count_text(render_memory([(n, ["x"]) for n in names], counter, 10**9) or "")

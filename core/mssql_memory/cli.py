@@ -210,7 +210,10 @@ def _cmd_init(args: argparse.Namespace, out: _Output) -> int:
     if args.sql:  # compile only: no connection, no driver needed
         url = make_url(args.url or default_url())
         dialect = registry.load(url.get_backend_name())()
-        tables = [build_tables(args.table).metadata, build_ltm_tables(args.ltm_prefix).metadata]
+        tables = [
+            build_tables(args.table, args.schema).metadata,
+            build_ltm_tables(args.ltm_prefix, args.schema).metadata,
+        ]
         for metadata in tables:
             for table in metadata.sorted_tables:
                 out.print(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
@@ -218,7 +221,9 @@ def _cmd_init(args: argparse.Namespace, out: _Output) -> int:
                     out.print(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
                 out.print()
         return 0
-    store, lts = _stores(args)
+    url = args.url or default_url()
+    store = SQLStore(url, table_name=args.table, schema=args.schema)
+    lts = LongTermStore(store, table_prefix=args.ltm_prefix, schema=args.schema)
     store.create_schema()
     lts.create_schema()
     out.print(f"schema ready in {store!r}")
@@ -265,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_stats)
     p = commands.add_parser("init-db", help="create the schema")
     p.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
+    p.add_argument("--schema", help="database schema for the tables (SQL Server: e.g. memory)")
     p.set_defaults(run=_cmd_init)
     return parser
 

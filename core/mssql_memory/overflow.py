@@ -65,11 +65,16 @@ def _check_positive(value: Any, name: str, *, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive int")
 
 
-def _evict_until(groups: Sequence[Group], target: int, step: int | None = None) -> list[Group]:
+def _evict_until(
+    groups: Sequence[Group], target: int, step: int | None = None, limit: int | None = None
+) -> list[Group]:
     """The oldest groups whose removal brings the rest within ``target`` tokens.
 
     The newest group is never evicted; with ``step``, at least ``step`` messages
-    leave per round; leading non-user groups left behind are evicted too.
+    leave per round; leading non-user groups left behind are evicted too. When
+    that would leave a window with no user message, the turn's user message is
+    kept instead if the rest then stays within ``limit`` (a soft target's hard
+    bound), so a turn is not split between memory tiers.
     """
     total = sum(g.tokens for g in groups)
     evicted: list[Group] = []
@@ -84,6 +89,12 @@ def _evict_until(groups: Sequence[Group], target: int, step: int | None = None) 
             index += 1
             if step is None or round_messages >= step:
                 break
+    if limit is not None and index < len(groups) and groups[index].first.role != "user":
+        users = [i for i in range(index) if groups[i].first.role == "user"]
+        if users and not any(g.first.role == "user" for g in groups[index:]):
+            back = users[-1]
+            if total + sum(g.tokens for g in groups[back:index]) <= limit:
+                evicted, index = evicted[: len(evicted) - (index - back)], back
     rest = start_on_user(groups[index:])
     evicted.extend(groups[index : len(groups) - len(rest)])
     return evicted
@@ -343,7 +354,8 @@ class FlushToLongTerm(OverflowStrategy):
         return window_tokens > self.max_stm_token_ratio * window_budget
 
     def select(self, groups: Sequence[Group], ctx: OverflowContext) -> list[Group]:
-        return _evict_until(groups, int(self.target_ratio * ctx.window_budget))
+        target = int(self.target_ratio * ctx.window_budget)
+        return _evict_until(groups, target, limit=ctx.window_budget)
 
     def _pending(self, block: MemoryBlock, evicted: Sequence[Message], ctx: OverflowContext):
         if getattr(block, "read_only", False):

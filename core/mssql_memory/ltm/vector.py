@@ -162,8 +162,8 @@ class VectorMemory(BaseMemoryBlock):
             if after:
                 fresh.lexical = _copy_lexical(index.lexical)
             fresh.extend(rows)
-            if after and len(fresh.rows) < stamp[0]:
-                return None  # rows were deleted and others added: rebuild
+            if after and len(fresh.rows) != stamp[0]:
+                return None  # rows were deleted (or added meanwhile): rebuild
             fresh.stamp = (len(fresh.rows), fresh.rows[-1].id if fresh.rows else 0)
             self._indexes[key] = fresh
             return fresh

@@ -36,6 +36,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..errors import ConcurrencyError
 from ..messages import Message, message_from_json
 from ..tokens import TokenCounter, default_token_counter
 from ..validation import validate_id, validate_optional_id
@@ -50,6 +51,7 @@ __all__ = ["SQLStore"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_READ_ATTEMPTS = 5
 _Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
 _SessionRace = RetryOperation
 
@@ -153,6 +155,13 @@ class SQLStore(SQLBase):
             .where(m.c.session_id == sid, m.c.status == "active")
             .order_by(m.c.seq.desc())
             .limit(bindparam("p_limit", type_=Integer, literal_execute=True))
+        )
+        # the window with the session's version read by the same statement (one snapshot)
+        self._q_window_versioned = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status, s.c.version)
+            .select_from(m.join(s, s.c.session_id == m.c.session_id))
+            .where(m.c.session_id == sid, m.c.status == "active")
+            .order_by(m.c.seq)
         )
         self._q_history = (
             select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
@@ -422,16 +431,24 @@ class SQLStore(SQLBase):
         return self._rows_to_messages(reversed(rows))
 
     def _read_op(self, conn: Connection, session_id: str) -> SessionSnapshot:
-        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
-        state = self._state_from_row(session_id, row)
-        if not state.exists:
-            return SessionSnapshot(state, [])
-        window = self.cache.get(session_id, state.version) if self.cache is not None else None
-        if window is None:
-            window = self._window_op(conn, session_id, None)
+        """Record and window of one version: the window query carries the version it saw,
+        and a write committed between the two statements makes us read both again."""
+        for _ in range(_READ_ATTEMPTS):
+            row = conn.execute(self._q_state, {"p_sid": session_id}).first()
+            state = self._state_from_row(session_id, row)
+            if not state.exists:
+                return SessionSnapshot(state, [])
+            cached = self.cache.get(session_id, state.version) if self.cache else None
+            if cached is not None:
+                return SessionSnapshot(state, cached)
+            rows = conn.execute(self._q_window_versioned, {"p_sid": session_id}).all()
+            if rows and rows[0].version != state.version:
+                continue  # torn read: another instance committed in between
+            window = self._rows_to_messages(r[:4] for r in rows)
             if self.cache is not None:
                 self.cache.put(session_id, state.version, window)
-        return SessionSnapshot(state, window)
+            return SessionSnapshot(state, window)
+        raise ConcurrencyError("the session kept changing while it was being read")
 
     def read_session(self, session_id: str) -> SessionSnapshot:
         """The session's state and active window (cached windows are version-checked)."""
