@@ -311,20 +311,42 @@ def test_summary_larger_than_the_budget_is_cut_in_the_context() -> None:
         token_limit=300,
         overflow=Summarize(lambda request: "Sarah asked about policies. " * 200),
     )
-    assert memory.overflow.max_summary_tokens == 512
     replay(memory)
-    assert store.get_session(SESSION).summary.token_count > 300
+    memory.set_system_message(SESSION, "Follow the HR handbook. " * 36)
+    stored = store.get_session(SESSION).summary
     context = memory.get(SESSION)
     assert context_tokens(context) <= 300
-    assert context[0].content == SYSTEM_PROMPT
+    assert context[0].content.startswith("Follow the HR handbook.")
     assert context[1].content.startswith(SUMMARY_PREFIX)
+    assert len(context[1].content) < len(stored.content)  # cut in the context only
+    assert store.get_session(SESSION).summary == stored
+
+
+def test_summary_is_capped_to_half_the_window_room() -> None:
+    """A max_summary_tokens larger than the budget allows is capped, so recent turns still fit."""
+    store = InMemoryStore(max_messages_per_session=None, keep_history=True)
+    memory = AgentMemory(
+        store, token_limit=300, overflow=Summarize(lambda r: "Sarah asked things. " * 300)
+    )
+    replay(memory)
+    summary = store.get_session(SESSION).summary
+    assert summary is not None and summary.token_count <= 150
+    assert any(m.role == "user" for m in memory.get(SESSION))
+
+
+def test_oversized_system_message_is_refused() -> None:
+    """A system message too large to leave room for a turn is refused; nothing is stored."""
+    memory = AgentMemory(token_limit=300)
+    with pytest.raises(BudgetError):
+        memory.set_system_message(SESSION, "Follow the HR handbook. " * 100)
+    assert memory.get_system_message(SESSION) is None
 
 
 def test_context_fits_after_the_system_message_grows(make_store: Any) -> None:
     """Setting a longer system message after a summary exists still gives a context in budget."""
     memory = summarize_memory(make_store("memory"), FakeSummarizer())
     replay(memory)
-    memory.set_system_message(SESSION, "Follow the HR handbook. " * 60)
+    memory.set_system_message(SESSION, "Follow the HR handbook. " * 35)
     context = memory.get(SESSION)
     assert context[0].content.startswith("Follow the HR handbook.")
     assert context_tokens(context) <= memory.token_limit

@@ -110,12 +110,6 @@ class AgentMemory:
         if memory_token_limit < 0 or memory_token_limit >= self.token_limit:
             raise ValueError("memory_token_limit must be in [0, token_limit)")
         self.memory_token_limit = memory_token_limit
-        summary_tokens = getattr(self.overflow, "max_summary_tokens", 0)
-        if summary_tokens >= self.token_limit - memory_token_limit:
-            raise BudgetError(
-                f"max_summary_tokens={summary_tokens} leaves no room for the window in "
-                f"token_limit={self.token_limit} (memory blocks take {memory_token_limit})"
-            )
         self.token_counter = token_counter or default_token_counter(model)
         self.on_event = on_event
 

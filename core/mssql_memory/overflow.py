@@ -216,7 +216,7 @@ class Summarize(OverflowStrategy):
     def select(self, groups: Sequence[Group], ctx: OverflowContext) -> list[Group]:
         # Room for the new summary: it replaces the current one.
         current = ctx.state.summary.token_count if ctx.state.summary else 0
-        target = ctx.window_budget + current - self.max_summary_tokens
+        target = ctx.window_budget + current - self.summary_budget(ctx)
         kept_messages = 0
         split = len(groups)
         kept_tokens = 0
@@ -241,6 +241,15 @@ class Summarize(OverflowStrategy):
                     return list(groups[:back])
         return list(groups[: len(groups) - len(rest)])
 
+    def summary_budget(self, ctx: OverflowContext) -> int:
+        """``max_summary_tokens``, but never more than half the room the window has.
+
+        A budget too small for the configured summary would otherwise leave no
+        room for recent turns and call the model on every add.
+        """
+        current = ctx.state.summary.token_count if ctx.state.summary else 0
+        return max(min(self.max_summary_tokens, (ctx.window_budget + current) // 2), 16)
+
     def _request(self, evicted: Sequence[Message], ctx: OverflowContext) -> list[Message]:
         previous = ctx.state.summary.content if ctx.state.summary else ""
         previous = previous.removeprefix(SUMMARY_PREFIX)
@@ -252,7 +261,7 @@ class Summarize(OverflowStrategy):
     def _commit(self, text: Any, evicted: Sequence[Message], ctx: OverflowContext):
         if not isinstance(text, str) or not text.strip():
             raise ModelError("the summarizer returned no text")
-        budget = self.max_summary_tokens - ctx.counter.count_text(SUMMARY_PREFIX) - 8
+        budget = self.summary_budget(ctx) - ctx.counter.count_text(SUMMARY_PREFIX) - 8
         summary = SUMMARY_PREFIX + truncate_to_tokens(text.strip(), max(budget, 1), ctx.counter)
         tokens = ctx.counter.count_message(Message("system", summary))
         return OverflowCommit(evict=list(evicted), summary=summary, summary_tokens=tokens)
