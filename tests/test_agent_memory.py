@@ -303,8 +303,8 @@ def test_oversized_message_is_cut_in_the_context_only(make_store: Any, backend: 
     assert stored.content == text
 
 
-def test_summary_larger_than_the_budget_is_cut_in_the_context() -> None:
-    """A summary larger than what the budget leaves is cut in the context, which still fits."""
+def test_long_summary_and_grown_system_message_still_fit() -> None:
+    """A wordy summarizer plus a system message grown afterwards: the context still fits."""
     store = InMemoryStore(max_messages_per_session=None, keep_history=True)
     memory = AgentMemory(
         store,
@@ -312,14 +312,13 @@ def test_summary_larger_than_the_budget_is_cut_in_the_context() -> None:
         overflow=Summarize(lambda request: "Sarah asked about policies. " * 200),
     )
     replay(memory)
-    memory.set_system_message(SESSION, "Follow the HR handbook. " * 36)
+    memory.set_system_message(SESSION, "Follow the HR handbook. " * 29)
     stored = store.get_session(SESSION).summary
     context = memory.get(SESSION)
     assert context_tokens(context) <= 300
     assert context[0].content.startswith("Follow the HR handbook.")
     assert context[1].content.startswith(SUMMARY_PREFIX)
-    assert len(context[1].content) < len(stored.content)  # cut in the context only
-    assert store.get_session(SESSION).summary == stored
+    assert store.get_session(SESSION).summary == stored  # storage keeps it whole
 
 
 def test_summary_is_capped_to_half_the_window_room() -> None:

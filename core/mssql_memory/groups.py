@@ -76,8 +76,10 @@ def sanitize_window(groups: Sequence[Group]) -> list[Group]:
 
 
 def start_on_user(groups: Sequence[Group]) -> list[Group]:
-    """Drop leading non-user groups when a user message follows, so the window opens on a user."""
+    """Drop leading assistant/tool groups when a user message follows, so the first
+    non-system message is a user message; system messages before it are kept."""
     for index, group in enumerate(groups):
         if group.first.role == "user":
-            return list(groups[index:])
+            head = [g for g in groups[:index] if g.first.role == "system"]
+            return head + list(groups[index:])
     return list(groups)

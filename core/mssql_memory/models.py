@@ -64,7 +64,16 @@ class CallableModel:
 
 
 def as_chat_model(model: object) -> ChatModel:
-    """Accept a :class:`ChatModel` or a plain function and return a :class:`ChatModel`."""
+    """Accept a :class:`ChatModel` or a plain function and return a :class:`ChatModel`.
+
+    A LangChain or LlamaIndex model is refused with a pointer to the adapter's
+    wrapper (LangChain's ``generate`` has another signature than ours).
+    """
+    roots = {cls.__module__.split(".")[0] for cls in type(model).__mro__}
+    if roots & {"langchain_core", "langchain_openai", "langchain_community", "langchain"}:
+        raise TypeError("wrap LangChain models with langchain_mssql_memory.as_chat_model(model)")
+    if "llama_index" in roots:
+        raise TypeError("wrap LlamaIndex models with llamaindex_mssql_memory.as_chat_model(llm)")
     if isinstance(model, ChatModel):
         return model
     if callable(model):

@@ -68,6 +68,19 @@ class LexicalIndex:
                 out[doc] = out.get(doc, 0.0) + idf * norm
         return out
 
+    def relative_scores(self, query: str) -> dict[int, float]:
+        """BM25 scores divided by the query's own (a document holding each query term once,
+        at average length), capped at 1: how much of the query a document matches, 0 to 1."""
+        n = len(self.lengths)
+        present = [t for t in set(terms(query)) if t in self.postings]
+        if n == 0 or not present:
+            return {}
+        own = sum(
+            math.log(1 + (n - len(self.postings[t]) + 0.5) / (len(self.postings[t]) + 0.5))
+            for t in present
+        )
+        return {doc: min(score / own, 1.0) for doc, score in self.scores(query).items()}
+
 
 def bm25_scores(query: str, docs: Sequence[str]) -> list[float]:
     """BM25 scores of ``docs`` for ``query`` (0.0 where nothing matches)."""

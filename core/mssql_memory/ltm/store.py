@@ -60,6 +60,9 @@ class NewFact:
 
 @dataclass(frozen=True, slots=True)
 class StoredVector:
+    """A stored turn. ``embedding`` holds one or more float32 vectors of ``dimension`` floats
+    (the whole turn's first, then its sentence keys)."""
+
     id: int
     session_id: str
     first_seq: int
@@ -68,6 +71,7 @@ class StoredVector:
     token_count: int
     embedding: bytes
     created_at: datetime
+    dimension: int = 0
 
 
 class LongTermStore(SQLBase):
@@ -327,6 +331,7 @@ class LongTermStore(SQLBase):
                 v.c.token_count,
                 v.c.embedding,
                 v.c.created_at,
+                v.c.dimension,
             )
             .where(where, v.c.id > after_id)
             .order_by(v.c.id)

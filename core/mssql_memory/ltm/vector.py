@@ -1,14 +1,18 @@
 """VectorMemory: past turns of a user, embedded and recalled by similarity to the query.
 
-Turns are stored verbatim (date, session, speakers) with a float32 embedding in
-the vectors table. Recall scores every turn of the user by a hybrid of cosine
-similarity and BM25, over an in-process index that is checked against the
-database on every query (count and highest id of the user's rows) and loads
-only the rows it has not seen, so it is never stale across app instances.
+Turns are stored verbatim (date, session, speakers) with float32 embeddings in
+the vectors table: one for the whole turn and, with ``sentence_keys``, one per
+sentence of the user's message, so a fact said in passing in a long, many-topic
+turn is still found (a turn's similarity is that of its best vector). Recall
+scores every turn of the user by cosine similarity plus a BM25 bonus, over an
+in-process index that is checked against the database on every query (count
+and highest id of the user's rows) and loads only the rows it has not seen, so
+it is never stale across app instances.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,22 +30,58 @@ from .store import StoredVector
 
 __all__ = ["VectorMemory"]
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+#: Sentence vectors per turn at most (longer messages: adjacent sentences are merged).
+MAX_SENTENCE_KEYS = 8
+#: Shorter sentences ("Any advice?") get no vector of their own.
+MIN_SENTENCE_WORDS = 3
+
+
+def sentence_keys(turn: Sequence[Message]) -> list[str]:
+    """The sentences of the user's message that get a vector of their own."""
+    text = "\n".join(m.content for m in turn if m.role == "user")
+    keys = [k.strip() for k in _SENTENCE_END.split(text) if len(k.split()) >= MIN_SENTENCE_WORDS]
+    while len(keys) > MAX_SENTENCE_KEYS:
+        keys = [" ".join(keys[i : i + 2]) for i in range(0, len(keys), 2)]
+    return keys
+
 
 @dataclass
 class _Index:
-    """One scope's vectors in memory."""
+    """One scope's vectors in memory: every row's vectors, L2-normalized, stacked in
+    ``matrix``; row ``i`` owns the vectors from ``starts[i]`` to ``starts[i + 1]``."""
 
     stamp: tuple[int, int] = (0, 0)
     rows: list[StoredVector] = field(default_factory=list)
     matrix: Any = None
+    starts: Any = None
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
 
     def extend(self, rows: list[StoredVector]) -> None:
         np = _numpy()
         if not rows:
             return
-        block = np.vstack([from_bytes(r.embedding) for r in rows])
-        self.matrix = block if self.matrix is None else np.vstack([self.matrix, block])
+        blocks = []
+        for r in rows:
+            flat = from_bytes(r.embedding)
+            dimension = r.dimension or len(flat)
+            if dimension <= 0 or len(flat) % dimension:
+                raise ModelError(f"stored vector {r.id} does not split into {dimension} floats")
+            blocks.append(flat.reshape(-1, dimension))
+        counts = np.fromiter((len(b) for b in blocks), dtype=np.int64, count=len(blocks))
+        block = np.vstack(blocks)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        block = block / norms
+        offset = 0 if self.matrix is None else len(self.matrix)
+        starts = offset + np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if self.matrix is None:
+            self.matrix, self.starts = block, starts
+        else:
+            if block.shape[1] != self.matrix.shape[1]:
+                raise ModelError("stored vectors of one user have different dimensions")
+            self.matrix = np.vstack([self.matrix, block])
+            self.starts = np.concatenate([self.starts, starts])
         self.rows.extend(rows)
         self.lexical.extend(r.content for r in rows)
 
@@ -50,11 +90,15 @@ class VectorMemory(BaseMemoryBlock):
     """Semantic recall of a user's past turns.
 
     ``update`` embeds each turn (a user message and the replies that follow)
-    once — re-flushing the same messages is a no-op. ``get`` returns the
-    ``top_k`` turns most similar to the query with a score of at least
-    ``min_score``, packed within the token budget and shown oldest first.
-    ``lexical_weight`` mixes BM25 into the score (0 = vectors only). With
-    ``neighbors``, the turns just before and after a hit are added when room remains.
+    once — re-flushing the same messages is a no-op — as a whole and, with
+    ``sentence_keys``, sentence by sentence of the user's message. ``get``
+    returns the ``top_k`` turns scoring highest for the query, at least
+    ``min_score``, packed within the token budget and shown oldest first. A
+    turn's score is the cosine similarity of its best vector plus
+    ``lexical_weight`` times its BM25 score relative to the query's own
+    (0 to 1), so words the query shares with a turn (names, codes) only add.
+    With ``neighbors``, the turns just before and after a hit are added when
+    room remains.
     Only the user's own turns are searched (a session without a user searches
     only its own turns); turns still in the active window are never stored here.
     """
@@ -69,6 +113,7 @@ class VectorMemory(BaseMemoryBlock):
         max_tokens: int = 800,
         lexical_weight: float = 0.3,
         neighbors: int = 0,
+        sentence_keys: bool = True,
         name: str = "vector_memory",
         token_counter: TokenCounter | None = None,
     ) -> None:
@@ -88,6 +133,7 @@ class VectorMemory(BaseMemoryBlock):
         self.max_tokens = max_tokens
         self.lexical_weight = float(lexical_weight)
         self.neighbors = neighbors
+        self.sentence_keys = bool(sentence_keys)
         self.name = name
         self.counter = token_counter or default_token_counter()
         self._indexes: dict[tuple[str | None, str | None], _Index] = {}
@@ -95,11 +141,17 @@ class VectorMemory(BaseMemoryBlock):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _rows(self, messages, vectors, turns, texts, user_id, session_id) -> list[dict[str, Any]]:
-        if len(vectors) != len(texts):
-            raise ModelError(f"embedder returned {len(vectors)} vectors for {len(texts)} texts")
-        rows = []
-        for turn, text, vector in zip(turns, texts, vectors, strict=True):
+    def _rows(self, vectors, turns, texts, counts, user_id, session_id) -> list[dict[str, Any]]:
+        np = _numpy()
+        if len(vectors) != len(texts) + sum(counts):
+            raise ModelError(
+                f"embedder returned {len(vectors)} vectors for {len(texts) + sum(counts)} texts"
+            )
+        rows, next_key = [], len(texts)
+        for i, (turn, text) in enumerate(zip(turns, texts, strict=True)):
+            own = [vectors[i], *vectors[next_key : next_key + counts[i]]]
+            next_key += counts[i]
+            stacked = np.asarray(own, dtype="<f4")
             rows.append(
                 {
                     "user_id": user_id,
@@ -108,33 +160,36 @@ class VectorMemory(BaseMemoryBlock):
                     "last_seq": turn[-1].seq or 0,
                     "content": text,
                     "token_count": self.counter.count_text(text),
-                    "dimension": len(vector),
-                    "embedding": to_bytes(vector),
+                    "dimension": stacked.shape[1],
+                    "embedding": to_bytes(stacked.reshape(-1)),
                 }
             )
         return rows
 
     def _turns(self, messages: Sequence[Message], session_id: str):
         turns = [t for t in split_turns(messages) if any(m.content.strip() for m in t)]
-        return turns, [format_turn(t, session_id) for t in turns]
+        texts = [format_turn(t, session_id) for t in turns]
+        per_turn = [sentence_keys(t) if self.sentence_keys else [] for t in turns]
+        keys = [k for ks in per_turn for k in ks]
+        return turns, texts, keys, [len(ks) for ks in per_turn]
 
     def update(self, messages: Sequence[Message], *, user_id: str | None, session_id: str) -> None:
         """Embed and store the turns in ``messages`` (idempotent per turn)."""
-        turns, texts = self._turns(messages, session_id)
+        turns, texts, keys, counts = self._turns(messages, session_id)
         if not texts:
             return
-        vectors = self.embedder.embed(texts)
-        rows = self._rows(messages, vectors, turns, texts, user_id, session_id)
+        vectors = self.embedder.embed([*texts, *keys])
+        rows = self._rows(vectors, turns, texts, counts, user_id, session_id)
         self.store.add_vectors(self.name, rows)
 
     async def aupdate(
         self, messages: Sequence[Message], *, user_id: str | None, session_id: str
     ) -> None:
-        turns, texts = self._turns(messages, session_id)
+        turns, texts, keys, counts = self._turns(messages, session_id)
         if not texts:
             return
-        vectors = await self.embedder.aembed(texts)
-        rows = self._rows(messages, vectors, turns, texts, user_id, session_id)
+        vectors = await self.embedder.aembed([*texts, *keys])
+        rows = self._rows(vectors, turns, texts, counts, user_id, session_id)
         await self.store.aadd_vectors(self.name, rows)
 
     # -- recall ------------------------------------------------------------------------------
@@ -158,7 +213,12 @@ class VectorMemory(BaseMemoryBlock):
             index = _Index() if base is None else base
             if after and (base is None or base.stamp[1] != after):
                 return None
-            fresh = _Index(rows=list(index.rows), matrix=index.matrix, lexical=index.lexical)
+            fresh = _Index(
+                rows=list(index.rows),
+                matrix=index.matrix,
+                starts=index.starts,
+                lexical=index.lexical,
+            )
             if after:
                 fresh.lexical = _copy_lexical(index.lexical)
             fresh.extend(rows)
@@ -200,17 +260,18 @@ class VectorMemory(BaseMemoryBlock):
         if not index.rows:
             return []
         q = np.asarray(query_vector, dtype="<f4")
-        norm = float(np.linalg.norm(q)) or 1.0
-        norms = np.linalg.norm(index.matrix, axis=1)
-        norms[norms == 0] = 1.0
-        cosine = index.matrix @ q / (norms * norm)
-        score = (1 - self.lexical_weight) * cosine
+        if q.shape[0] != index.matrix.shape[1]:
+            raise ModelError(
+                f"the embedder gives {q.shape[0]} dimensions, the stored vectors have "
+                f"{index.matrix.shape[1]}; use another block name for another embedder"
+            )
+        q = q / (float(np.linalg.norm(q)) or 1.0)
+        score = np.maximum.reduceat(index.matrix @ q, index.starts)  # each turn's best vector
         if self.lexical_weight:
-            lexical = index.lexical.scores(query)
+            lexical = index.lexical.relative_scores(query)
             if lexical:
-                top = max(lexical.values())
-                ids = np.fromiter(lexical.keys(), dtype=np.int64)
-                vals = np.fromiter(lexical.values(), dtype=np.float32) / top
+                ids = np.fromiter(lexical.keys(), dtype=np.int64, count=len(lexical))
+                vals = np.fromiter(lexical.values(), dtype=np.float32, count=len(lexical))
                 score[ids] += self.lexical_weight * vals
         k = min(self.top_k, len(index.rows))
         best = np.argpartition(-score, k - 1)[:k]
