@@ -111,6 +111,36 @@ class Message:
     status: Status = "active"
 
     def __post_init__(self) -> None:
+        if not self._plainly_valid():
+            self._validate()
+
+    def _plainly_valid(self) -> bool:
+        """The common case (exact built-in types) checked cheaply; else the full checks run."""
+        return (
+            self.role in ROLES
+            and type(self.content) is str
+            and type(self.id) is str
+            and self.id != ""
+            and self.status in STATUSES
+            and (self.name is None or type(self.name) is str)
+            and (self.tool_call_id is None or type(self.tool_call_id) is str)
+            and (self.source is None or type(self.source) is str)
+            and (
+                self.token_count is None
+                or (type(self.token_count) is int and self.token_count >= 0)
+            )
+            and type(self.created_at) is datetime
+            and self.created_at.tzinfo is not None
+            and type(self.metadata) is dict
+            and (not self.metadata or _str_keys(self.metadata))
+            and type(self.tool_calls) is tuple
+            and (
+                not self.tool_calls
+                or (self.role == "assistant" and all(type(c) is ToolCall for c in self.tool_calls))
+            )
+        )
+
+    def _validate(self) -> None:
         if self.role not in ROLES:
             raise InvalidMessageError(
                 f"unknown role {self.role!r}; expected one of {sorted(ROLES)}"
@@ -244,6 +274,12 @@ def message_from_dict(
         raise InvalidMessageError(f"malformed message payload: {e}") from e
 
 
+try:  # orjson decodes payloads ~3x faster when it is installed; json is the fallback
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
+
 def message_from_json(
     text: str | bytes,
     *,
@@ -253,7 +289,7 @@ def message_from_json(
 ) -> Message:
     """Decode :func:`message_to_json` output."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except (TypeError, ValueError) as e:
         raise InvalidMessageError(f"message payload is not valid JSON: {e}") from e
     return message_from_dict(data, seq=seq, status=status, token_count=token_count)

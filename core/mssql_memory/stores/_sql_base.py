@@ -50,7 +50,20 @@ def chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
 
 
 _TRANSIENT_CODES = {1205, 1213, 40001, 40197, 40501, 40613, 49918, 49919, 49920}
-_TRANSIENT_STATES = {"40001", "40P01", "55P03", "08006", "08001", "08S01", "HYT00"}
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "HYT00"}
+
+
+def _retryable(error: sa_exc.DBAPIError, committing: bool) -> bool:
+    """Safe to run the whole operation again?
+
+    Deadlocks, serialization failures and SQLite's busy lock always are (the
+    database rolled the transaction back). A lost connection is only before the
+    COMMIT was sent: after it, the commit may have happened, and an append run
+    twice would store its messages twice — that error is raised instead.
+    """
+    if _is_transient(error):
+        return True
+    return not committing and (error.connection_invalidated or _is_unavailable(error))
 
 
 def _is_transient(error: sa_exc.DBAPIError) -> bool:
@@ -85,6 +98,10 @@ def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
             "login timeout",
         )
     )
+
+
+def _backoff(attempt: int) -> float:
+    return 0.01 * (2**attempt) * (0.5 + random.random())
 
 
 def _wrap(error: Exception) -> StoreError:
@@ -143,23 +160,32 @@ class SQLBase:
         return bool(conn.dialect.update_returning)
 
     def _run(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run ``op`` in one transaction with retries for deadlocks and session-creation races."""
+        """Run ``op`` in one transaction; retry deadlocks, races and stale connections.
+
+        Connections are not pinged before use: a connection found dead runs the
+        operation again on a fresh one (before COMMIT only, see :func:`_retryable`).
+        """
         self._ensure_schema()
         for attempt in range(_ATTEMPTS):
+            committing = False
             try:
                 if self._memory_lock is not None:
                     with self._memory_lock, self.engines.sync.begin() as conn:
-                        return op(conn)
+                        result = op(conn)
+                        committing = True
+                    return result
                 if not write:
                     with self.engines.sync.connect() as conn:
                         return op(conn)
                 with self.engines.sync.begin() as conn:
-                    return op(conn)
+                    result = op(conn)
+                    committing = True
+                return result
             except RetryOperation:
                 continue
             except sa_exc.DBAPIError as e:
-                if attempt + 1 < _ATTEMPTS and _is_transient(e):
-                    time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                if attempt + 1 < _ATTEMPTS and _retryable(e, committing):
+                    time.sleep(_backoff(attempt))
                     continue
                 raise _wrap(e) from e
             except sa_exc.SQLAlchemyError as e:
@@ -173,17 +199,20 @@ class SQLBase:
             return await asyncio.to_thread(self._run, op, write=write)
         await self._aensure_schema(engine)
         for attempt in range(_ATTEMPTS):
+            committing = False
             try:
                 if not write:
                     async with engine.connect() as aconn:
                         return await aconn.run_sync(op)
                 async with engine.begin() as aconn:
-                    return await aconn.run_sync(op)
+                    result = await aconn.run_sync(op)
+                    committing = True
+                return result
             except RetryOperation:
                 continue
             except sa_exc.DBAPIError as e:
-                if attempt + 1 < _ATTEMPTS and _is_transient(e):
-                    await asyncio.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+                if attempt + 1 < _ATTEMPTS and _retryable(e, committing):
+                    await asyncio.sleep(_backoff(attempt))
                     continue
                 raise _wrap(e) from e
             except sa_exc.SQLAlchemyError as e:

@@ -71,7 +71,9 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
         if is_memory_sqlite(url):
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
         return kwargs
-    return {"pool_pre_ping": True}
+    # No pre-ping (it costs a round trip per checkout): a dead pooled connection
+    # is detected by the statement that uses it, and the operation is retried.
+    return {}
 
 
 def _with_defaults(url: URL) -> URL:

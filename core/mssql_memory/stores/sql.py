@@ -190,6 +190,7 @@ class SQLStore(SQLBase):
                 updated_at=bindparam("p_now"),
             )
         )
+        self._u_append_returning = self._u_append.returning(*self._counters)
         self._u_lock = (
             update(s)
             .where(s.c.session_id == sid)
@@ -304,7 +305,7 @@ class SQLStore(SQLBase):
         now = utcnow()
         params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
         if self._dialect_returns(conn):
-            row = conn.execute(self._u_append.returning(*self._counters), params).first()
+            row = conn.execute(self._u_append_returning, params).first()
         else:
             result = conn.execute(self._u_append, params)
             row = None
