@@ -15,6 +15,7 @@ from mssql_memory import (
     default_url,
     group_messages,
 )
+from mssql_memory.budget import DEFAULT_TOKEN_LIMIT
 from mssql_memory.validation import validate_id, validate_optional_id
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -32,7 +33,6 @@ __all__ = ["DEFAULT_TOKEN_LIMIT", "MSSQLChatMessageHistory", "history_factory"]
 
 #: Budget when neither ``token_limit`` nor ``model`` is given: fits a 16k-context model
 #: with 4k tokens left for the reply.
-DEFAULT_TOKEN_LIMIT = 12_000
 
 _TAIL_PROBE = 8  # newest messages read to find a tool call still waiting for its results
 

@@ -11,6 +11,7 @@ from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, fiel
 from llama_index.core.memory.memory import BaseMemoryBlock as LlamaIndexBlock
 from llama_index.core.memory.types import BaseMemory
 from mssql_memory import AgentMemory, MemoryBlock, Message, OverflowStrategy, SessionStore
+from mssql_memory.budget import DEFAULT_TOKEN_LIMIT
 from mssql_memory.validation import validate_id, validate_identifier, validate_optional_id
 
 from ._connections import Target, connect, is_url, redact_url, resolve
@@ -21,7 +22,6 @@ __all__ = ["DEFAULT_TOKEN_LIMIT", "MSSQLMemory"]
 logger = logging.getLogger("llamaindex_mssql_memory")
 
 #: The budget when neither ``token_limit`` nor ``model`` is given (LlamaIndex ``Memory``'s).
-DEFAULT_TOKEN_LIMIT = 30_000
 _TRIM = "Trim(trim_count=None)"
 
 # AgentMemory objects built by from_defaults, by configuration: a context restored in the

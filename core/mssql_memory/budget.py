@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from .errors import BudgetError
 
-__all__ = ["CONTEXT_WINDOWS", "context_window", "derive_token_limit"]
+__all__ = ["CONTEXT_WINDOWS", "DEFAULT_TOKEN_LIMIT", "context_window", "derive_token_limit"]
+
+#: The adapters' budget when neither a limit nor a model is given: fits a 16k-context model
+#: with room for the system prompt, tools and the reply.
+DEFAULT_TOKEN_LIMIT = 12_000
 
 #: Context windows (tokens) of well-known models, matched by longest prefix.
 CONTEXT_WINDOWS: dict[str, int] = {

@@ -80,8 +80,14 @@ def _is_transient(error: sa_exc.DBAPIError) -> bool:
     return "database is locked" in text or "deadlock" in text
 
 
+# PostgreSQL: admin / crash shutdown, "the database system is starting up / shutting down"
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03"}
+
+
 def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
     if error.connection_invalidated:
+        return True
+    if getattr(error.orig, "sqlstate", None) in _UNAVAILABLE_STATES:
         return True
     text = str(error.orig).lower()
     return any(
@@ -94,6 +100,9 @@ def _is_unavailable(error: sa_exc.DBAPIError) -> bool:
             "connection is closed",
             "lost connection",
             "terminating connection",
+            "the database system is",  # PostgreSQL restarting: shutting down, starting up
+            "server shutdown in progress",  # MySQL / MariaDB
+            "server has gone away",
             "unable to open database",
             "login timeout",
         )
