@@ -9,7 +9,7 @@ from typing import Literal
 
 from .blocks import MemoryBlock, render_memory, render_overhead
 from .budget import derive_token_limit
-from .errors import BudgetError
+from .errors import AgentMemoryError, BlockError, BudgetError
 from .groups import Group, group_messages, sanitize_window, start_on_user
 from .messages import Message, coerce_messages
 from .overflow import OverflowContext, OverflowStrategy, Trim, truncate_to_tokens
@@ -53,6 +53,11 @@ def _same_base(planned: SessionState, current: SessionState) -> bool:
     summary = planned.summary.id if planned.summary else None
     now = current.summary.id if current.summary else None
     return summary == now and dict(planned.block_marks) == dict(current.block_marks)
+
+
+def _block_error(block: MemoryBlock, error: Exception) -> BlockError:
+    """A block failed while recalling (its own errors; library errors pass through as they are)."""
+    return BlockError(f"long-term block {block.name!r} failed: {error!r}")
 
 
 class AgentMemory:
@@ -270,7 +275,12 @@ class AgentMemory:
             shares = self._shares()
             block, share = next(shares)
             while True:
-                items = block.get(**self._block_kwargs(snapshot, q, share)) if share > 0 else []
+                try:
+                    items = block.get(**self._block_kwargs(snapshot, q, share)) if share > 0 else []
+                except AgentMemoryError:
+                    raise
+                except Exception as e:
+                    raise _block_error(block, e) from e
                 sections.append((block.name, items))
                 try:
                     block, share = shares.send(self._used(items))
@@ -289,9 +299,16 @@ class AgentMemory:
             shares = self._shares()
             block, share = next(shares)
             while True:
-                items = (
-                    await block.aget(**self._block_kwargs(snapshot, q, share)) if share > 0 else []
-                )
+                try:
+                    items = (
+                        await block.aget(**self._block_kwargs(snapshot, q, share))
+                        if share > 0
+                        else []
+                    )
+                except AgentMemoryError:
+                    raise
+                except Exception as e:
+                    raise _block_error(block, e) from e
                 sections.append((block.name, items))
                 try:
                     block, share = shares.send(self._used(items))

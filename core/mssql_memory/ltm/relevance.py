@@ -6,6 +6,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["LexicalIndex", "bm25_scores", "terms"]
 
@@ -38,12 +39,28 @@ class LexicalIndex:
     def __init__(self) -> None:
         self.postings: dict[str, dict[int, int]] = {}
         self.lengths: list[int] = []
+        self._shared: set[str] = set()  # postings still shared with the index copied from
+        self._arrays: dict[str, tuple[Any, Any]] = {}  # numpy (docs, tfs) per posting
+        self._lengths_array: Any = None
+
+    def copy(self) -> LexicalIndex:
+        """An index that can grow without changing this one (postings are copied on write,
+        so copying costs the number of terms, not of postings)."""
+        other = LexicalIndex()
+        other.postings = dict(self.postings)
+        other.lengths = list(self.lengths)
+        other._shared = set(self.postings)
+        other._arrays = dict(self._arrays)
+        return other
 
     def add(self, text: str) -> int:
         doc = len(self.lengths)
         counts = Counter(terms(text))
         self.lengths.append(sum(counts.values()))
         for term, tf in counts.items():
+            if term in self._shared:
+                self._shared.discard(term)
+                self.postings[term] = dict(self.postings[term])
             self.postings.setdefault(term, {})[doc] = tf
         return doc
 
@@ -80,6 +97,32 @@ class LexicalIndex:
             for t in present
         )
         return {doc: min(score / own, 1.0) for doc, score in self.scores(query).items()}
+
+    def relative_array(self, query: str, np: Any) -> Any:
+        """:meth:`relative_scores` for every document, as a numpy array (None when no query
+        term is indexed): the same numbers, computed over postings as arrays."""
+        n = len(self.lengths)
+        present = [t for t in set(terms(query)) if t in self.postings]
+        if n == 0 or not present:
+            return None
+        lengths = self._lengths_array
+        if lengths is None or len(lengths) != n:
+            lengths = self._lengths_array = np.asarray(self.lengths, dtype=np.float32)
+        avg = float(lengths.mean()) or 1.0
+        out = np.zeros(n, dtype=np.float32)
+        own = 0.0
+        for term in present:
+            posting = self.postings[term]
+            arrays = self._arrays.get(term)
+            if arrays is None or len(arrays[0]) != len(posting):  # postings only grow
+                docs = np.fromiter(posting.keys(), dtype=np.int64, count=len(posting))
+                tfs = np.fromiter(posting.values(), dtype=np.float32, count=len(posting))
+                arrays = self._arrays[term] = (docs, tfs)
+            docs, tfs = arrays
+            idf = math.log(1 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
+            own += idf
+            out[docs] += idf * tfs * 2.2 / (tfs + 1.2 * (0.25 + 0.75 * lengths[docs] / avg))
+        return np.minimum(out / own, 1.0)
 
 
 def bm25_scores(query: str, docs: Sequence[str]) -> list[float]:

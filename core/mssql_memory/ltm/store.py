@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..defaults import default_url
-from ..stores._sql_base import CHUNK, RetryOperation, SQLBase, utcnow
+from ..stores._sql_base import CHUNK, RetryOperation, SQLBase, storable_text, utcnow
 from ..stores.engines import Engines
 from ..validation import validate_id
 from .schema import LongTermTables, build_ltm_tables
@@ -135,6 +135,7 @@ class LongTermStore(SQLBase):
         }
         now, changed = utcnow(), 0
         for key, content, tokens in facts:
+            key, content = storable_text(key), storable_text(content)
             row = existing.get(key)
             if row is None:
                 try:
@@ -194,6 +195,7 @@ class LongTermStore(SQLBase):
         counts = {"added": 0, "superseded": 0, "unchanged": 0, "expired": 0}
         for fact in facts:
             key = content_hash(fact.content)
+            subject = storable_text(fact.subject) if fact.subject else fact.subject
             row = conn.execute(
                 select(f.c.id, f.c.valid_to).where(
                     f.c.block == block, f.c.scope == user_id, f.c.fact_key == key
@@ -209,8 +211,8 @@ class LongTermStore(SQLBase):
                             block=block,
                             scope=user_id,
                             fact_key=key,
-                            subject=fact.subject,
-                            content=fact.content,
+                            subject=subject,
+                            content=storable_text(fact.content),
                             token_count=fact.token_count,
                             source_session_id=fact.source_session_id,
                             source_seq=fact.source_seq,
@@ -225,16 +227,16 @@ class LongTermStore(SQLBase):
                 conn.execute(
                     update(f)
                     .where(f.c.id == row.id)
-                    .values(valid_to=None, superseded_by=None, subject=fact.subject, updated_at=now)
+                    .values(valid_to=None, superseded_by=None, subject=subject, updated_at=now)
                 )
             counts["added"] += 1
-            if fact.subject:
+            if subject:
                 counts["superseded"] += conn.execute(
                     update(f)
                     .where(
                         f.c.block == block,
                         f.c.scope == user_id,
-                        f.c.subject == fact.subject,
+                        f.c.subject == subject,
                         f.c.valid_to.is_(None),
                         f.c.id != new_id,
                     )
@@ -294,7 +296,10 @@ class LongTermStore(SQLBase):
             if exists is not None:
                 continue
             try:
-                conn.execute(insert(v).values(block=block, created_at=now, **row))
+                text = storable_text(row["content"])
+                conn.execute(
+                    insert(v).values(block=block, created_at=now, **{**row, "content": text})
+                )
             except sa_exc.IntegrityError as e:
                 raise RetryOperation() from e
             added += 1

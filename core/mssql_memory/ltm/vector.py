@@ -48,14 +48,34 @@ def sentence_keys(turn: Sequence[Message]) -> list[str]:
 
 @dataclass
 class _Index:
-    """One scope's vectors in memory: every row's vectors, L2-normalized, stacked in
-    ``matrix``; row ``i`` owns the vectors from ``starts[i]`` to ``starts[i + 1]``."""
+    """One scope's vectors in memory: every row's vectors, L2-normalized, in the first
+    ``size`` rows of ``buffer``; row ``i`` owns the vectors from ``starts[i]`` on.
+
+    An index is never changed once installed: a newer one extends a copy. The copy shares
+    ``buffer`` and writes only past the older index's ``size`` (which the older one never
+    reads), so growing by a few rows does not copy the whole matrix.
+    """
 
     stamp: tuple[int, int] = (0, 0)
     rows: list[StoredVector] = field(default_factory=list)
-    matrix: Any = None
+    buffer: Any = None
+    size: int = 0
     starts: Any = None
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
+
+    @property
+    def matrix(self) -> Any:
+        return self.buffer[: self.size]
+
+    def grown(self) -> _Index:
+        """A copy to extend (shares the buffer; lexical postings are copied on write)."""
+        return _Index(
+            rows=list(self.rows),
+            buffer=self.buffer,
+            size=self.size,
+            starts=self.starts,
+            lexical=self.lexical.copy(),
+        )
 
     def extend(self, rows: list[StoredVector]) -> None:
         np = _numpy()
@@ -73,15 +93,21 @@ class _Index:
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
         block = block / norms
-        offset = 0 if self.matrix is None else len(self.matrix)
-        starts = offset + np.concatenate([[0], np.cumsum(counts)[:-1]])
-        if self.matrix is None:
-            self.matrix, self.starts = block, starts
+        starts = self.size + np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if self.buffer is None:
+            self.buffer = np.empty((max(2 * len(block), 64), block.shape[1]), dtype="<f4")
+            self.starts = starts
         else:
-            if block.shape[1] != self.matrix.shape[1]:
+            if block.shape[1] != self.buffer.shape[1]:
                 raise ModelError("stored vectors of one user have different dimensions")
-            self.matrix = np.vstack([self.matrix, block])
+            if self.size + len(block) > len(self.buffer):
+                capacity = max(2 * len(self.buffer), self.size + len(block))
+                bigger = np.empty((capacity, self.buffer.shape[1]), dtype="<f4")
+                bigger[: self.size] = self.buffer[: self.size]
+                self.buffer = bigger
             self.starts = np.concatenate([self.starts, starts])
+        self.buffer[self.size : self.size + len(block)] = block
+        self.size += len(block)
         self.rows.extend(rows)
         self.lexical.extend(r.content for r in rows)
 
@@ -146,6 +172,14 @@ class VectorMemory(BaseMemoryBlock):
         if len(vectors) != len(texts) + sum(counts):
             raise ModelError(
                 f"embedder returned {len(vectors)} vectors for {len(texts) + sum(counts)} texts"
+            )
+        # vectors of another size would make every later recall of this user fail
+        sizes = {len(v) for v in vectors}
+        expected = getattr(self.embedder, "dimension", None)
+        if len(sizes) > 1 or (isinstance(expected, int) and sizes != {expected}):
+            raise ModelError(
+                f"embedder returned vectors of {sorted(sizes)} dimensions, "
+                f"not its dimension {expected}"
             )
         rows, next_key = [], len(texts)
         for i, (turn, text) in enumerate(zip(turns, texts, strict=True)):
@@ -213,14 +247,7 @@ class VectorMemory(BaseMemoryBlock):
             index = _Index() if base is None else base
             if after and (base is None or base.stamp[1] != after):
                 return None
-            fresh = _Index(
-                rows=list(index.rows),
-                matrix=index.matrix,
-                starts=index.starts,
-                lexical=index.lexical,
-            )
-            if after:
-                fresh.lexical = _copy_lexical(index.lexical)
+            fresh = index.grown() if after else _Index()
             fresh.extend(rows)
             if after and len(fresh.rows) != stamp[0]:
                 return None  # rows were deleted (or added meanwhile): rebuild
@@ -268,11 +295,9 @@ class VectorMemory(BaseMemoryBlock):
         q = q / (float(np.linalg.norm(q)) or 1.0)
         score = np.maximum.reduceat(index.matrix @ q, index.starts)  # each turn's best vector
         if self.lexical_weight:
-            lexical = index.lexical.relative_scores(query)
-            if lexical:
-                ids = np.fromiter(lexical.keys(), dtype=np.int64, count=len(lexical))
-                vals = np.fromiter(lexical.values(), dtype=np.float32, count=len(lexical))
-                score[ids] += self.lexical_weight * vals
+            lexical = index.lexical.relative_array(query, np)
+            if lexical is not None:
+                score += self.lexical_weight * lexical
         k = min(self.top_k, len(index.rows))
         best = np.argpartition(-score, k - 1)[:k]
         hits = [int(i) for i in best[np.argsort(-score[best])] if score[i] >= self.min_score]
@@ -329,10 +354,3 @@ class VectorMemory(BaseMemoryBlock):
 
     def __repr__(self) -> str:
         return f"VectorMemory(name={self.name!r}, top_k={self.top_k})"
-
-
-def _copy_lexical(lexical: LexicalIndex) -> LexicalIndex:
-    copy = LexicalIndex()
-    copy.postings = {term: dict(docs) for term, docs in lexical.postings.items()}
-    copy.lengths = list(lexical.lengths)
-    return copy
