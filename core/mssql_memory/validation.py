@@ -7,7 +7,7 @@ import unicodedata
 
 MAX_ID_LENGTH = 255
 MAX_IDENTIFIER_LENGTH = 128
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: "$" would accept a final "\n"
 
 
 def validate_id(value: object, what: str = "session_id") -> str:

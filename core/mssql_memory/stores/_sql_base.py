@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -27,7 +28,7 @@ from sqlalchemy.schema import CreateSchema
 from ..errors import ConcurrencyError, StoreError, StoreUnavailableError
 from .engines import Engines
 
-__all__ = ["CHUNK", "RetryOperation", "SQLBase", "chunks", "utcnow"]
+__all__ = ["CHUNK", "RetryOperation", "SQLBase", "chunks", "storable_text", "utcnow"]
 
 T = TypeVar("T")
 
@@ -42,6 +43,12 @@ _ATTEMPTS = 6
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def storable_text(text: str) -> str:
+    """``text`` for a plain text column: PostgreSQL rejects NUL, so it becomes U+FFFD on every
+    database (message payloads are JSON and keep it)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
@@ -252,7 +259,8 @@ class SQLBase:
         """Create the tables (and the schema, if named) unless they exist. Idempotent, race-safe."""
 
         def run() -> None:
-            with self.engines.sync.begin() as conn:
+            # in-memory SQLite: one connection shared by every thread, behind the lock
+            with self._memory_lock or nullcontext(), self.engines.sync.begin() as conn:
                 self._create_schema_op(conn)
 
         self._create_with_retry(run)

@@ -41,7 +41,7 @@ from ..messages import Message, message_from_json
 from ..tokens import TokenCounter, default_token_counter
 from ..validation import validate_id, validate_optional_id
 from ._prepare import check_limit, check_seqs, prepare_batch
-from ._sql_base import CHUNK, RetryOperation, SQLBase, chunks, utcnow
+from ._sql_base import CHUNK, RetryOperation, SQLBase, chunks, storable_text, utcnow
 from .base import AppendResult, OverflowCommit, SessionInfo, SessionSnapshot, SessionState, Summary
 from .cache import WindowCache
 from .sql_schema import StoreTables, build_tables
@@ -630,7 +630,7 @@ class SQLStore(SQLBase):
             result = conn.execute(
                 insert(su).values(
                     session_id=session_id,
-                    content=commit.summary,
+                    content=storable_text(commit.summary),
                     token_count=commit.summary_tokens,
                     through_seq=seqs[-1] if seqs else 0,
                     created_at=utcnow(),
