@@ -363,7 +363,9 @@ class AgentMemory:
         budget = self._window_budget(stored.system_tokens, stored.summary_tokens)
         return self.overflow.should_run(stored.active_tokens, budget)
 
-    def _plan(self, snapshot: SessionSnapshot) -> tuple[OverflowContext, list[Group]] | None:
+    def _plan(
+        self, snapshot: SessionSnapshot, everything: bool = False
+    ) -> tuple[OverflowContext, list[Group]] | None:
         state = snapshot.state
         system_tokens = state.system_message.token_count or 0 if state.system_message else 0
         summary_tokens = state.summary.token_count if state.summary else 0
@@ -374,6 +376,9 @@ class AgentMemory:
             counter=self.token_counter,
             window_budget=self._window_budget(system_tokens, summary_tokens),
         )
+        if everything:
+            evicted = group_messages(snapshot.window)
+            return (ctx, evicted) if evicted else None
         if not self.overflow.should_run(state.active_tokens, ctx.window_budget):
             return None
         evicted = self.overflow.select(group_messages(snapshot.window), ctx)
@@ -411,9 +416,24 @@ class AgentMemory:
 
     def compact(self, session_id: str) -> bool:
         """Run the overflow strategy now if the window is over budget. True if applied."""
+        return self._compact(session_id, everything=False)
+
+    def flush(self, session_id: str) -> bool:
+        """Run the overflow strategy on the whole active window now, e.g. when a session ends.
+
+        With :class:`FlushToLongTerm` the session's last turns reach long-term memory
+        (other sessions of the user can recall them); with :class:`Summarize` they are
+        folded into the summary; with :class:`Trim` they are archived. True if applied.
+        """
+        return self._compact(session_id, everything=True)
+
+    async def aflush(self, session_id: str) -> bool:
+        return await self._acompact(session_id, everything=True)
+
+    def _compact(self, session_id: str, *, everything: bool) -> bool:
         validate_id(session_id)
         for _ in range(_ATTEMPTS):
-            plan = self._plan(self.store.read_session(session_id))
+            plan = self._plan(self.store.read_session(session_id), everything)
             if plan is None:
                 return False
             ctx, evicted = plan
@@ -432,9 +452,12 @@ class AgentMemory:
         return False
 
     async def acompact(self, session_id: str) -> bool:
+        return await self._acompact(session_id, everything=False)
+
+    async def _acompact(self, session_id: str, *, everything: bool) -> bool:
         validate_id(session_id)
         for _ in range(_ATTEMPTS):
-            plan = self._plan(await self.store.aread_session(session_id))
+            plan = self._plan(await self.store.aread_session(session_id), everything)
             if plan is None:
                 return False
             ctx, evicted = plan
@@ -501,10 +524,17 @@ class AgentMemory:
     # -- deletion ------------------------------------------------------------------------
 
     def delete(self, session_id: str) -> bool:
-        """Delete the session's messages, summaries and system message."""
+        """Delete the session's messages, summaries and system message, and what long-term
+        blocks keep per session (the vectors of its turns)."""
+        validate_id(session_id)
+        for block in self.blocks:
+            block.delete_session(session_id)
         return self.store.delete_session(session_id)
 
     async def adelete(self, session_id: str) -> bool:
+        validate_id(session_id)
+        for block in self.blocks:
+            await block.adelete_session(session_id)
         return await self.store.adelete_session(session_id)
 
     def delete_user(self, user_id: str) -> int:

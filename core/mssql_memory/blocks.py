@@ -51,6 +51,10 @@ class MemoryBlock(Protocol):
 
     async def adelete_user(self, user_id: str) -> int: ...
 
+    def delete_session(self, session_id: str) -> int: ...
+
+    async def adelete_session(self, session_id: str) -> int: ...
+
 
 class BaseMemoryBlock:
     """Defaults for blocks: async methods run the sync ones in a worker thread."""
@@ -83,6 +87,13 @@ class BaseMemoryBlock:
 
     async def adelete_user(self, user_id: str) -> int:
         return await asyncio.to_thread(self.delete_user, user_id)
+
+    def delete_session(self, session_id: str) -> int:
+        """Forget what this block keeps per session (default: nothing is kept per session)."""
+        return 0
+
+    async def adelete_session(self, session_id: str) -> int:
+        return await asyncio.to_thread(self.delete_session, session_id)
 
 
 def _escape(item: str) -> str:

@@ -388,14 +388,25 @@ class LongTermStore(SQLBase):
         validate_id(user_id, "user_id")
         return await self._arun(lambda c: self._delete_user_op(c, user_id, block))
 
-    def _delete_sessions_op(self, conn: Connection, session_ids: Sequence[str]) -> int:
+    def _delete_sessions_op(
+        self, conn: Connection, session_ids: Sequence[str], block: str | None
+    ) -> int:
         v = self.tables.vectors
         deleted = 0
         for i in range(0, len(session_ids), CHUNK):
-            chunk = session_ids[i : i + CHUNK]
-            deleted += conn.execute(delete(v).where(v.c.session_id.in_(chunk))).rowcount
+            where = v.c.session_id.in_(session_ids[i : i + CHUNK])
+            if block is not None:
+                where = and_(where, v.c.block == block)
+            deleted += conn.execute(delete(v).where(where)).rowcount
         return deleted
 
-    def delete_session_vectors(self, session_ids: Sequence[str]) -> int:
-        """Delete the vectors made from these sessions' messages."""
-        return self._run(lambda c: self._delete_sessions_op(c, list(session_ids)))
+    def delete_session_vectors(
+        self, session_ids: Sequence[str], *, block: str | None = None
+    ) -> int:
+        """Delete the vectors made from these sessions' messages (of one block, or all)."""
+        return self._run(lambda c: self._delete_sessions_op(c, list(session_ids), block))
+
+    async def adelete_session_vectors(
+        self, session_ids: Sequence[str], *, block: str | None = None
+    ) -> int:
+        return await self._arun(lambda c: self._delete_sessions_op(c, list(session_ids), block))

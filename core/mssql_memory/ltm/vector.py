@@ -342,6 +342,17 @@ class VectorMemory(BaseMemoryBlock):
         (vector,) = await self.embedder.aembed([query])
         return self._rank(index, vector, query, budget)
 
+    def delete_session(self, session_id: str) -> int:
+        """Delete the vectors of this session's turns: no session can recall them any more."""
+        with self._lock:
+            self._indexes.clear()
+        return self.store.delete_session_vectors([session_id], block=self.name)
+
+    async def adelete_session(self, session_id: str) -> int:
+        with self._lock:
+            self._indexes.clear()
+        return await self.store.adelete_session_vectors([session_id], block=self.name)
+
     def delete_user(self, user_id: str) -> int:
         with self._lock:
             self._indexes.pop((user_id, None), None)
