@@ -112,13 +112,29 @@ def test_strategies_are_keyword_only_and_typed() -> None:
 
 
 def test_trim_evicts_just_enough_oldest_messages() -> None:
-    """Default Trim archives the oldest messages until the window fits, opening on a user."""
+    """Trim(headroom=0) archives the oldest messages until the window fits, opening on a user."""
     messages = plain_turns(5)
     budget = cost(messages[2:])  # the first turn must go, nothing more
-    memory = AgentMemory(new_store(), token_limit=budget)
+    memory = AgentMemory(new_store(), token_limit=budget, overflow=Trim(headroom=0))
     memory.add(SESSION, messages)
     assert statuses(memory) == ["archived"] * 2 + ["active"] * 8
     assert memory.get(SESSION)[0].content == "Question 1 about the travel policy?"
+
+
+def test_default_trim_leaves_headroom_so_the_next_turn_needs_no_overflow() -> None:
+    """Default Trim goes 10% below the budget: the next small turn is added without a trim."""
+    messages = plain_turns(10)
+    budget = cost(messages[2:])
+    events: list[Any] = []
+    memory = AgentMemory(new_store(), token_limit=budget, on_event=events.append)
+    memory.add(SESSION, messages)
+    window = [m for m in memory.store.get_window(SESSION)]
+    assert sum(m.token_count for m in window) <= 0.9 * budget
+    assert window[0].role == "user" and len(events) == 1
+    memory.add(SESSION, [Message("user", "ok?"), Message("assistant", "yes")])
+    assert len(events) == 1  # fitted into the headroom
+    with pytest.raises(ValueError):
+        Trim(headroom=1.0)
 
 
 def test_trim_count_evicts_that_many_rounded_up_to_whole_groups() -> None:

@@ -128,21 +128,29 @@ class Trim(OverflowStrategy):
     """Archive the oldest message groups until the window fits (the default).
 
     With ``trim_count``, messages leave ``trim_count`` at a time (rounded up
-    to whole groups), so the window does not overflow again on the next turn.
+    to whole groups). With ``headroom`` (a fraction of the window's budget,
+    default 0.1), trimming goes that far below the budget, so the next turns
+    fit without another overflow: one trim every few turns instead of one per
+    turn, which halves the per-turn cost of a full window. ``headroom=0``
+    trims to the exact fit.
     """
 
     name = "trim"
     _uses_base = False
 
-    def __init__(self, *, trim_count: int | None = None) -> None:
+    def __init__(self, *, trim_count: int | None = None, headroom: float = 0.1) -> None:
         _check_positive(trim_count, "trim_count", allow_none=True)
+        if not isinstance(headroom, (int, float)) or not 0 <= headroom < 1:
+            raise ValueError("headroom must be in [0, 1)")
         self.trim_count = trim_count
+        self.headroom = float(headroom)
 
     def select(self, groups: Sequence[Group], ctx: OverflowContext) -> list[Group]:
-        return _evict_until(groups, ctx.window_budget, self.trim_count)
+        target = int(ctx.window_budget * (1 - self.headroom))
+        return _evict_until(groups, target, self.trim_count, limit=ctx.window_budget)
 
     def __repr__(self) -> str:
-        return f"Trim(trim_count={self.trim_count})"
+        return f"Trim(trim_count={self.trim_count}, headroom={self.headroom})"
 
 
 def _transcript(messages: Sequence[Message]) -> str:
