@@ -41,6 +41,7 @@ __all__ = [
     "fmt_ms",
     "fmt_ratio",
     "interleave",
+    "interleave_capped",
     "markdown_table",
     "parse_list",
     "percentile",
@@ -107,6 +108,53 @@ def interleave(
                 start = time.perf_counter_ns()
                 fn()
                 out.append(time.perf_counter_ns() - start)
+        r += 1
+    return timings
+
+
+def interleave_capped(
+    systems: Mapping[str, Callable[[], Any]],
+    samples: int,
+    *,
+    round_size: int = 5,
+    warmup: int = 2,
+    max_seconds: float = 10.0,
+    min_samples: int = 3,
+) -> dict[str, list[int]]:
+    """:func:`interleave` for systems whose speeds differ by orders of magnitude.
+
+    Systems alternate in rounds of ``round_size`` exactly as in :func:`interleave`,
+    but a system that has spent ``max_seconds`` in timed calls (and has at least
+    ``min_samples``) leaves the rotation, so a slow peer cannot stretch the run;
+    the others keep alternating until each has ``samples``. Returns nanoseconds
+    per call; a capped system has fewer than ``samples`` timings.
+    """
+    names = list(systems)
+    for _ in range(warmup):
+        for name in names:
+            systems[name]()
+    gc.collect()
+    timings: dict[str, list[int]] = {name: [] for name in names}
+    spent = dict.fromkeys(names, 0)
+    budget = int(max_seconds * 1e9)
+
+    def active(name: str) -> bool:
+        done = len(timings[name])
+        return done < samples and (spent[name] < budget or done < min_samples)
+
+    r = 0
+    while any(active(name) for name in names):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn, out = systems[name], timings[name]
+            for _ in range(round_size):
+                if not active(name):
+                    break
+                start = time.perf_counter_ns()
+                fn()
+                elapsed = time.perf_counter_ns() - start
+                out.append(elapsed)
+                spent[name] += elapsed
         r += 1
     return timings
 
