@@ -375,7 +375,9 @@ NAMES = st.one_of(
     st.text(max_size=20),
     st.from_regex(IDENTIFIER),
     st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,20}\Z"),
-    st.sampled_from(["select", "user", "order", "x" * 118, "x" * 119, "a\n", "t;--", "t\x00"]),
+    st.sampled_from(
+        ["select", "user", "order", "x" * 118, "x" * 119, "a\n", "t;--", "t\x00", "sqlite"]
+    ),
     _ODD,
 )
 NAME_KINDS = st.sampled_from(["table_name", "schema", "table_prefix", "block", "custom_block"])
@@ -465,3 +467,17 @@ def test_a_name_ending_in_a_newline_is_refused(name: str, tmp_path: Any) -> None
     with pytest.raises(ValueError, match="invalid block name"):
         AgentMemory(token_limit=1000, blocks=[_Named(name)])
     assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize("name", ["sqlite", "SQLITE", "sqlite_x", "Sqlite_messages"])
+def test_a_name_sqlite_reserves_is_refused_on_sqlite(name: str, tmp_path: Any) -> None:
+    """SQLite reserves names starting with ``sqlite_`` (any case): a table name or prefix that
+    makes one (``sqlite`` -> ``sqlite_sessions``) is a ValueError before any SQL, not a
+    StoreError at first use; other databases accept it."""
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    with pytest.raises(ValueError, match="reserves"):
+        SQLStore(url, table_name=name)
+    with pytest.raises(ValueError, match="reserves"):
+        LongTermStore(url, table_prefix=name)
+    assert not (tmp_path / "never.db").exists()
+    SQLStore("postgresql+psycopg://", table_name=name, auto_create=False)

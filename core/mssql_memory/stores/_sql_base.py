@@ -164,6 +164,11 @@ class SQLBase:
                         f"{name!r} is {len(name)} characters long; {dialect.name} allows "
                         f"{limit}: choose a shorter table name"
                     )
+                if dialect.name == "sqlite" and name.lower().startswith("sqlite_"):
+                    raise ValueError(
+                        f"{name!r}: SQLite reserves names starting with 'sqlite_'; "
+                        "choose another table name"
+                    )
 
     @property
     def metadata(self) -> MetaData:
