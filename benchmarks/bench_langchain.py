@@ -42,8 +42,8 @@ from langchain_mssql_memory import MSSQLChatMessageHistory
 
 from .common import (
     Backend,
-    RawDB,
     Stats,
+    available_backends,
     command_line,
     environment_line,
     fmt_ms,
@@ -51,8 +51,6 @@ from .common import (
     interleave,
     markdown_table,
     parse_list,
-    probe,
-    resolve_backends,
     summarize,
     unique_name,
     workdir,
@@ -299,14 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     versions: list[str] = []
     with workdir() as directory:
-        for backend in resolve_backends(args.backends, directory):
-            problem = probe(backend)
-            if problem is not None:
-                _log(f"skipping {backend.name}: {problem}")
-                continue
-            raw = RawDB(backend.url_for("probe"))
-            versions.append(raw.server_version())
-            raw.close()
+        for backend, version in available_backends(args.backends, directory, _log):
+            versions.append(version)
             results += run_backend(backend, sizes, repeat, peer=not args.no_peer)
     if not results:
         _log("no backend available")

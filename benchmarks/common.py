@@ -369,3 +369,20 @@ def command_line() -> str:
     module = Path(sys.argv[0]).stem
     args = " ".join(sys.argv[1:])
     return f"python -m benchmarks.{module} {args}".strip()
+
+
+def available_backends(
+    names: Sequence[str], directory: Path, log: Callable[[str], None]
+) -> Iterator[tuple[Backend, str]]:
+    """Each named backend that answers, with its server version; the others are logged."""
+    for backend in resolve_backends(names, directory):
+        problem = probe(backend)
+        if problem is not None:
+            log(f"skipping {backend.name}: {problem}")
+            continue
+        raw = RawDB(backend.url_for("probe"))
+        try:
+            version = raw.server_version()
+        finally:
+            raw.close()
+        yield backend, version
