@@ -83,7 +83,7 @@ def _embedder() -> tuple[Any, str]:
     except ImportError:
         from ..ltm import HashingEmbedder
 
-        return HashingEmbedder(), "HashingEmbedder (lexical, no model; install [embeddings])"
+        return HashingEmbedder(), "HashingEmbedder (lexical, no model; see the embeddings extra)"
 
 
 def _models(offline: bool) -> Models:
