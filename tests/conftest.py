@@ -4,7 +4,9 @@ A server backend that cannot be reached is skipped with the reason, unless the
 environment declares it present (``EXPECT_POSTGRES=1``, ``EXPECT_MARIADB=1``,
 ``EXPECT_MSSQL=1``, as CI does): then the test fails instead. SQL Server comes
 from ``MSSQL_URL`` or, when a Docker engine answers, from a testcontainers
-``SqlServerContainer`` started once per session.
+``SqlServerContainer`` started once per session. ``pgvector`` (PostgreSQL with
+the vector extension) comes from ``PGVECTOR_URL`` or a private server started
+from the ``pgserver`` package (``EXPECT_PGVECTOR=1`` makes its absence fail).
 
 Every store gets its own table (``t_<10 hex digits>``), dropped at teardown;
 SQLite files live under pytest's temporary directories.
@@ -13,7 +15,9 @@ SQLite files live under pytest's temporary directories.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 SQL_BACKENDS = ("sqlite", "postgresql", "mariadb", "mssql")
 ALL_BACKENDS = ("memory", *SQL_BACKENDS)
 SERVER_BACKENDS = ("postgresql", "mariadb", "mssql")
+#: Looked up by name only (not part of the "every backend" parameter lists).
+EXTRA_BACKENDS = ("pgvector",)
 
 _DEFAULT_URLS = {
     "postgresql": ("POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     "mariadb": ("MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
-_EXPECT = {"postgresql": "EXPECT_POSTGRES", "mariadb": "EXPECT_MARIADB", "mssql": "EXPECT_MSSQL"}
+_EXPECT = {
+    "postgresql": "EXPECT_POSTGRES",
+    "mariadb": "EXPECT_MARIADB",
+    "mssql": "EXPECT_MSSQL",
+    "pgvector": "EXPECT_PGVECTOR",
+}
 _CONNECT_ARGS = {
     "postgresql": {"connect_timeout": 5},
     "mysql": {"connect_timeout": 5},
@@ -124,7 +135,7 @@ class BackendURLs(Mapping[str, str]):
         self._containers: list[Any] = []
 
     def __getitem__(self, backend: str) -> str:
-        if backend not in SQL_BACKENDS:
+        if backend not in SQL_BACKENDS and backend not in EXTRA_BACKENDS:
             raise KeyError(backend)
         if backend in self._resolved:
             return self._resolved[backend]
@@ -153,6 +164,8 @@ class BackendURLs(Mapping[str, str]):
             return f"sqlite:///{self._tmp_dir / 'stores.db'}"
         if backend == "mssql":
             return self._mssql()
+        if backend == "pgvector":
+            return self._pgvector()
         env, default = _DEFAULT_URLS[backend]
         url = os.environ.get(env, default)
         error = _probe(url)
@@ -182,9 +195,45 @@ class BackendURLs(Mapping[str, str]):
         self._containers.append(container)
         return container.get_connection_url()
 
+    def _pgvector(self) -> str:
+        url = os.environ.get("PGVECTOR_URL")
+        if not url:
+            try:
+                with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+                    warnings.simplefilter("ignore")
+                    import pgserver
+            except ImportError:
+                raise _Unavailable("set PGVECTOR_URL or install pgserver (dev extra)") from None
+            # not under pytest's directories: pgserver runs PostgreSQL as another user when
+            # we are root, and pytest's directories are private to us
+            data = tempfile.mkdtemp(prefix="mssql-memory-pgvector-")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    server = pgserver.get_server(data, cleanup_mode="delete")
+            except Exception as e:
+                raise _Unavailable(f"pgserver could not start PostgreSQL: {e}") from e
+            self._containers.append(server)
+            url = f"postgresql+psycopg://postgres@/postgres?host={data}"
+        error = _probe(url)
+        if error is not None:
+            raise _Unavailable(f"the pgvector database does not answer ({error})")
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        except Exception as e:
+            raise _Unavailable(f"no pgvector extension: {str(e).splitlines()[0]}") from e
+        finally:
+            engine.dispose()
+        return url
+
     def close(self) -> None:
         for container in self._containers:
-            container.stop()
+            if hasattr(container, "cleanup"):
+                container.cleanup()  # a pgserver PostgreSQL
+            else:
+                container.stop()
         self._containers.clear()
 
 

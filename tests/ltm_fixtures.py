@@ -2,7 +2,8 @@
 
 - ``embedder``: one local all-MiniLM-L6-v2 model for the whole test session (loading
   it takes seconds, so every test shares it), behind a cache of the texts it embedded;
-- ``ltm_backend``: sqlite, postgresql and mariadb in turn (servers skipped when absent);
+- ``ltm_backend``: sqlite, postgresql, mariadb and pgvector (PostgreSQL with the vector
+  extension: native vector search) in turn (servers skipped when absent);
 - ``make_ltm(backend)``: a :class:`LongTermStore` on tables of its own, dropped at teardown.
 
 Fakes and helpers live in ``ltm_helpers`` (a plugin module is not imported directly).
@@ -22,7 +23,10 @@ from mssql_memory import LongTermStore, SentenceTransformerEmbedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LTM_BACKENDS = backend_params(("sqlite", "postgresql", "mariadb"))
+LTM_BACKENDS = [
+    *backend_params(("sqlite", "postgresql", "mariadb")),
+    pytest.param("pgvector", marks=pytest.mark.integration, id="pgvector"),
+]
 
 
 class CachedEmbedder:
@@ -62,7 +66,7 @@ def embedder() -> CachedEmbedder:
 
 @pytest.fixture(params=LTM_BACKENDS)
 def ltm_backend(request: pytest.FixtureRequest, backend_urls: BackendURLs) -> str:
-    """sqlite, postgresql and mariadb in turn (a missing server skips, or fails in CI)."""
+    """sqlite, postgresql, mariadb, pgvector in turn (a missing server skips, or fails in CI)."""
     backend_urls[request.param]
     return request.param
 

@@ -134,6 +134,23 @@ def test_init_db_sql_prints_tsql_without_connecting(capsys: pytest.CaptureFixtur
     assert out.count("CREATE TABLE") == 5
 
 
+def test_init_db_sql_with_a_vector_dimension_adds_the_native_key_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--vector-dimension prints the VECTOR(n) key table for SQL Server and pgvector (with
+    the extension), and is refused where no native vector type exists."""
+    url = "mssql+pyodbc://user:secret@nohost/db?driver=ODBC+Driver+18+for+SQL+Server"
+    code, out, _ = run(capsys, "--url", url, "init-db", "--sql", "--vector-dimension", "384")
+    assert code == 0 and "embedding VECTOR(384) NOT NULL" in out
+    assert "REFERENCES [AgentMemory_vectors] (id) ON DELETE CASCADE" in out
+    pg = "postgresql+psycopg://u@nohost/db"
+    code, out, _ = run(capsys, "--url", pg, "init-db", "--sql", "--vector-dimension", "384")
+    assert code == 0 and out.startswith("CREATE EXTENSION IF NOT EXISTS vector;")
+    lite = "sqlite:///unused.db"
+    code, _, err = run(capsys, "--url", lite, "init-db", "--sql", "--vector-dimension", "384")
+    assert code == 1 and "no native vector type" in err
+
+
 def test_init_db_creates_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """init-db creates the tables; running it twice is fine."""
     url = f"sqlite:///{tmp_path / 'new.db'}"

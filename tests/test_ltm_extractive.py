@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
+import time
 from datetime import datetime
 
 import pytest
@@ -15,6 +17,7 @@ from mssql_memory import (
     ExtractiveMemory,
     FlushToLongTerm,
     LongTermStore,
+    ModelError,
     default_token_counter,
 )
 from mssql_memory.ltm import content_hash, parse_facts
@@ -281,6 +284,36 @@ def test_a_failing_model_propagates_from_update(make_ltm):
     with pytest.raises(TimeoutError):
         block.update(stored(turn("my name is Sarah", "Hi")), user_id="sarah", session_id="s")
     assert block.facts("sarah") == []
+
+
+def test_a_slow_model_times_out_with_a_model_error_and_nothing_stored(make_ltm):
+    """A model slower than ``timeout`` raises ModelError (sync and async); no fact is stored,
+    and the abandoned call's late answer changes nothing."""
+    release = threading.Event()
+    healthy = RuleExtractor(RULES)
+
+    class Slow:
+        def generate(self, messages):
+            release.wait(5)
+            return healthy.answer(messages)
+
+        async def agenerate(self, messages):
+            await asyncio.sleep(5)
+            return healthy.answer(messages)
+
+    block = ExtractiveMemory(Slow(), store=make_ltm("sqlite"), timeout=0.2)
+    messages = stored(turn("my name is Sarah", "Hi"))
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match=r"fact extraction timed out after 0\.2s"):
+        block.update(messages, user_id="sarah", session_id="s")
+    assert time.perf_counter() - started < 3
+    release.set()
+    with pytest.raises(ModelError, match="timed out"):
+        asyncio.run(block.aupdate(messages, user_id="sarah", session_id="s"))
+    assert block.facts("sarah") == []
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="timeout"):
+            ExtractiveMemory(Slow(), store=block.store, timeout=bad)
 
 
 def test_a_failing_model_keeps_messages_in_the_window_until_a_retry_succeeds(make_store, make_ltm):

@@ -24,6 +24,7 @@ from .admin import export_lines, export_session, import_session, read_export, re
 from .admin import totals as compute_totals
 from .defaults import ENV_URL, default_url
 from .errors import AgentMemoryError
+from .ltm.native import MAX_DIMENSIONS, NativeVectors
 from .ltm.schema import build_ltm_tables
 from .ltm.store import LongTermStore
 from .stores.sql import SQLStore
@@ -210,10 +211,17 @@ def _cmd_init(args: argparse.Namespace, out: _Output) -> int:
     if args.sql:  # compile only: no connection, no driver needed
         url = make_url(args.url or default_url())
         dialect = registry.load(url.get_backend_name())()
-        tables = [
-            build_tables(args.table, args.schema).metadata,
-            build_ltm_tables(args.ltm_prefix, args.schema).metadata,
-        ]
+        ltm = build_ltm_tables(args.ltm_prefix, args.schema)
+        if args.vector_dimension:  # the native key table (SQL Server 2025, pgvector)
+            if dialect.name not in MAX_DIMENSIONS:
+                raise ValueError(
+                    f"{dialect.name} has no native vector type "
+                    "(SQL Server 2025 and PostgreSQL with pgvector have)"
+                )
+            if dialect.name == "postgresql":
+                out.print("CREATE EXTENSION IF NOT EXISTS vector;\n")
+            NativeVectors(ltm.vectors, ltm.metadata, args.ltm_prefix).table(args.vector_dimension)
+        tables = [build_tables(args.table, args.schema).metadata, ltm.metadata]
         for metadata in tables:
             for table in metadata.sorted_tables:
                 out.print(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
@@ -226,6 +234,10 @@ def _cmd_init(args: argparse.Namespace, out: _Output) -> int:
     lts = LongTermStore(store, table_prefix=args.ltm_prefix, schema=args.schema)
     store.create_schema()
     lts.create_schema()
+    if args.vector_dimension:
+        kind = lts.native_search(args.vector_dimension)
+        where = f"native ({kind})" if kind else "in the process (no native vector type here)"
+        out.print(f"vectors of {args.vector_dimension} dimensions are searched {where}")
     out.print(f"schema ready in {store!r}")
     return 0
 
@@ -271,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("init-db", help="create the schema")
     p.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
     p.add_argument("--schema", help="database schema for the tables (SQL Server: e.g. memory)")
+    p.add_argument(
+        "--vector-dimension",
+        type=int,
+        metavar="N",
+        help="also create the native vector key table for N-float embeddings (e.g. 384)",
+    )
     p.set_defaults(run=_cmd_init)
     return parser
 

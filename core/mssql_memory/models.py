@@ -8,13 +8,22 @@ adapters wrap their frameworks' models into these.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from .errors import ModelError
 from .messages import Message
 
-__all__ = ["CallableModel", "ChatModel", "Embedder", "as_chat_model"]
+__all__ = [
+    "CallableModel",
+    "ChatModel",
+    "Embedder",
+    "agenerate_within",
+    "as_chat_model",
+    "generate_within",
+]
 
 
 @runtime_checkable
@@ -82,3 +91,35 @@ def as_chat_model(model: object) -> ChatModel:
         f"expected a ChatModel (generate/agenerate) or a callable, not {type(model).__name__}; "
         "LangChain and LlamaIndex models are wrapped by their adapters' helpers"
     )
+
+
+def generate_within(
+    model: ChatModel, request: Sequence[Message], timeout: float | None, what: str
+) -> str:
+    """``model.generate(request)``, or :class:`ModelError` after ``timeout`` seconds (the call
+    is abandoned in its worker thread; None waits for ever)."""
+    if timeout is None:
+        return model.generate(request)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(model.generate, request)
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        if future.done():  # the model itself raised TimeoutError: not ours to rename
+            raise
+        raise ModelError(f"{what} timed out after {timeout}s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+async def agenerate_within(
+    model: ChatModel, request: Sequence[Message], timeout: float | None, what: str
+) -> str:
+    """The async twin of :func:`generate_within` (the call is cancelled on timeout)."""
+    try:
+        return await asyncio.wait_for(model.agenerate(request), timeout)
+    except asyncio.TimeoutError as e:
+        # wait_for's own timeout cancelled the call; a TimeoutError the model raised is its own
+        if not isinstance(e.__cause__, asyncio.CancelledError):
+            raise
+        raise ModelError(f"{what} timed out after {timeout}s") from None

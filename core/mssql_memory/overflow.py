@@ -8,8 +8,6 @@ transaction — as an :class:`OverflowCommit` that the store applies atomically.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +18,7 @@ from .blocks import MemoryBlock
 from .errors import BlockError, ModelError
 from .groups import Group, start_on_user
 from .messages import Message
-from .models import ChatModel, as_chat_model
+from .models import ChatModel, agenerate_within, as_chat_model, generate_within
 from .stores.base import OverflowCommit, SessionState, SessionStore
 from .tokens import TokenCounter
 
@@ -274,9 +272,6 @@ class Summarize(OverflowStrategy):
         tokens = ctx.counter.count_message(Message("system", summary))
         return OverflowCommit(evict=list(evicted), summary=summary, summary_tokens=tokens)
 
-    def _timeout_error(self) -> ModelError:
-        return ModelError(f"summarizer timed out after {self.timeout}s")
-
     def _fallback(self, error: Exception, evicted: Sequence[Message]) -> OverflowCommit:
         if self.on_error == "raise":
             if isinstance(error, ModelError):
@@ -288,31 +283,20 @@ class Summarize(OverflowStrategy):
     def prepare(self, evicted: Sequence[Message], ctx: OverflowContext) -> OverflowCommit:
         request = self._request(evicted, ctx)
         started = time.perf_counter()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
-            future = pool.submit(self.model.generate, request)
-            text = future.result(timeout=self.timeout)
+            text = generate_within(self.model, request, self.timeout, "summarizer")
             return self._commit(text, evicted, ctx)
-        except concurrent.futures.TimeoutError:
-            return self._fallback(
-                ModelError(f"summarizer timed out after {self.timeout}s"), evicted
-            )
         except Exception as e:
             return self._fallback(e, evicted)
         finally:
-            pool.shutdown(wait=False)
             ctx.model_latency_ms = (time.perf_counter() - started) * 1000
 
     async def aprepare(self, evicted: Sequence[Message], ctx: OverflowContext) -> OverflowCommit:
         request = self._request(evicted, ctx)
         started = time.perf_counter()
         try:
-            text = await asyncio.wait_for(self.model.agenerate(request), self.timeout)
+            text = await agenerate_within(self.model, request, self.timeout, "summarizer")
             return self._commit(text, evicted, ctx)
-        except asyncio.TimeoutError:
-            return self._fallback(
-                ModelError(f"summarizer timed out after {self.timeout}s"), evicted
-            )
         except Exception as e:
             return self._fallback(e, evicted)
         finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..blocks import BaseMemoryBlock
 from ..messages import Message
-from ..models import ChatModel, as_chat_model
+from ..models import ChatModel, agenerate_within, as_chat_model, generate_within
 from ..tokens import TokenCounter, default_token_counter
 from ._common import check_block_args, format_turn, pack, resolve_store, split_turns
 from .relevance import bm25_scores
@@ -81,7 +81,9 @@ class ExtractiveMemory(BaseMemoryBlock):
     session's history). New facts are reconciled in one transaction: duplicates
     are no-ops (a uniqueness constraint), a fact on the same subject supersedes
     the older one, which is kept with a validity end. Facts are per ``user_id``;
-    messages of a session without a user are not extracted.
+    messages of a session without a user are not extracted. A model call that
+    takes longer than ``timeout`` seconds raises :class:`ModelError` (a flush then
+    keeps the messages and tries this block again at the next one).
     """
 
     def __init__(
@@ -94,8 +96,11 @@ class ExtractiveMemory(BaseMemoryBlock):
         max_tokens: int = 400,
         name: str = "extractive_memory",
         token_counter: TokenCounter | None = None,
+        timeout: float | None = 60.0,
     ) -> None:
         check_block_args(name, max_tokens)
+        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+            raise ValueError("timeout must be positive or None")
         if not isinstance(max_facts, int) or isinstance(max_facts, bool) or max_facts <= 0:
             raise ValueError("max_facts must be a positive int")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -107,6 +112,13 @@ class ExtractiveMemory(BaseMemoryBlock):
         self.max_tokens = max_tokens
         self.name = name
         self.counter = token_counter or default_token_counter()
+        self.timeout = timeout
+
+    def _generate(self, request: list[Message]) -> str:
+        return generate_within(self.model, request, self.timeout, "fact extraction")
+
+    async def _agenerate(self, request: list[Message]) -> str:
+        return await agenerate_within(self.model, request, self.timeout, "fact extraction")
 
     def _request(self, messages: Sequence[Message], session_id: str, known: list[str]):
         transcript = "\n\n".join(format_turn(t, session_id) for t in split_turns(messages))
@@ -146,11 +158,11 @@ class ExtractiveMemory(BaseMemoryBlock):
             return
         known = [f.content for f in self.store.facts(self.name, user_id)]
         request = self._request(messages, session_id, known)
-        answer = self.model.generate(request)
+        answer = self._generate(request)
         try:
             pairs = parse_facts(answer)
         except FactFormatError as e:
-            answer2 = self.model.generate(self._retry(request, answer, e))
+            answer2 = self._generate(self._retry(request, answer, e))
             try:
                 pairs = parse_facts(answer2)
             except FactFormatError as e2:
@@ -167,11 +179,11 @@ class ExtractiveMemory(BaseMemoryBlock):
             return
         known = [f.content for f in await self.store.afacts(self.name, user_id)]
         request = self._request(messages, session_id, known)
-        answer = await self.model.agenerate(request)
+        answer = await self._agenerate(request)
         try:
             pairs = parse_facts(answer)
         except FactFormatError as e:
-            answer2 = await self.model.agenerate(self._retry(request, answer, e))
+            answer2 = await self._agenerate(self._retry(request, answer, e))
             try:
                 pairs = parse_facts(answer2)
             except FactFormatError as e2:

@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    and_,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..defaults import default_url
+from ..errors import StoreError
 from ..stores._sql_base import CHUNK, RetryOperation, SQLBase, storable_text, utcnow
 from ..stores.engines import Engines
 from ..validation import validate_id
+from .native import MAX_DIMENSIONS, NativeVectors, SearchHit, native_kind
 from .schema import LongTermTables, build_ltm_tables
 
-__all__ = ["Fact", "LongTermStore", "NewFact", "StoredVector", "content_hash"]
+__all__ = ["Fact", "LongTermStore", "NewFact", "SearchHit", "StoredVector", "content_hash"]
 
 GLOBAL_SCOPE = ""
+log = logging.getLogger("mssql_memory.ltm")
+_UNPROBED = object()
 
 
 def content_hash(text: str) -> str:
@@ -80,6 +98,12 @@ class LongTermStore(SQLBase):
     Pass a URL, an engine, or a :class:`~mssql_memory.SQLStore` to share its
     connection pool. Every write is one transaction; uniqueness constraints
     make retried or concurrent writes of the same fact or message group no-ops.
+
+    ``native_vectors``: ``"auto"`` (default) searches vectors inside the database
+    when it has a vector type — SQL Server 2025 / Azure SQL ``VECTOR(n)``, or
+    PostgreSQL with the pgvector extension installed — and in the process
+    otherwise; ``True`` requires it (creating the pgvector extension if allowed,
+    else :class:`~mssql_memory.StoreError`); ``False`` never uses it.
     """
 
     def __init__(
@@ -90,7 +114,10 @@ class LongTermStore(SQLBase):
         schema: str | None = None,
         auto_create: bool = True,
         metadata: MetaData | None = None,
+        native_vectors: bool | str = "auto",
     ) -> None:
+        if native_vectors not in (True, False, "auto"):
+            raise ValueError('native_vectors must be True, False or "auto"')
         self.tables: LongTermTables = build_ltm_tables(table_prefix, schema, metadata)
         source = url_or_engine
         if source is None:
@@ -99,6 +126,38 @@ class LongTermStore(SQLBase):
             source = source.engines  # a SQLStore: share its engines
         super().__init__(source, self.tables.metadata, schema=schema, auto_create=auto_create)
         self.table_prefix = table_prefix
+        self.native_vectors = native_vectors
+        self._native = NativeVectors(self.tables.vectors, self.tables.metadata, table_prefix)
+        self._native_kind: Any = _UNPROBED
+        self._native_ready: dict[int, str | None] = {}
+        self._native_lock = threading.Lock()
+
+    def _define_key_tables(self, conn: Connection) -> None:
+        """Define the native key tables this database holds for our prefix (made by any
+        instance), so dropping the vectors table drops them first."""
+        if conn.dialect.name not in MAX_DIMENSIONS:
+            return
+        pattern = re.compile(re.escape(self.table_prefix) + r"_vec(\d{1,5})")
+        for name in inspect(conn).get_table_names(schema=self.schema):
+            found = pattern.fullmatch(name)
+            if found:
+                self._native.table(int(found.group(1)))
+
+    def drop_schema(self) -> None:
+        """Drop the facts, vectors and native key tables, destroying every fact and vector."""
+        with self.engines.sync.connect() as conn:
+            self._define_key_tables(conn)
+        super().drop_schema()
+
+    async def adrop_schema(self) -> None:
+        engine = self.engines.async_engine
+        if engine is not None:
+            async with engine.connect() as conn:
+                await conn.run_sync(self._define_key_tables)
+        else:
+            with self.engines.sync.connect() as conn:
+                self._define_key_tables(conn)
+        await super().adrop_schema()
 
     def __repr__(self) -> str:
         url = self.engines.url.render_as_string(hide_password=True)
@@ -281,7 +340,9 @@ class LongTermStore(SQLBase):
 
     # -- vectors ------------------------------------------------------------------------
 
-    def _add_vectors_op(self, conn: Connection, block: str, rows: Sequence[dict[str, Any]]) -> int:
+    def _add_vectors_op(
+        self, conn: Connection, block: str, rows: Sequence[dict[str, Any]], native: bool
+    ) -> int:
         v = self.tables.vectors
         added = 0
         now = utcnow()
@@ -297,21 +358,157 @@ class LongTermStore(SQLBase):
                 continue
             try:
                 text = storable_text(row["content"])
-                conn.execute(
+                result = conn.execute(
                     insert(v).values(block=block, created_at=now, **{**row, "content": text})
                 )
+                if native:
+                    keys = self._native.key_rows(result.inserted_primary_key[0], row, block)
+                    self._native.insert(conn, int(row["dimension"]), keys)
             except sa_exc.IntegrityError as e:
                 raise RetryOperation() from e
             added += 1
         return added
 
+    @staticmethod
+    def _dimension(rows: Sequence[dict[str, Any]]) -> int:
+        dimensions = {int(r["dimension"]) for r in rows}
+        if len(dimensions) != 1:
+            raise ValueError("one add_vectors call stores vectors of one dimension")
+        return dimensions.pop()
+
     def add_vectors(self, block: str, rows: Sequence[dict[str, Any]]) -> int:
         """Insert vector rows (user_id, session_id, first_seq, last_seq, content, token_count,
-        dimension, embedding); a group already stored is skipped. Returns rows added."""
-        return self._run(lambda c: self._add_vectors_op(c, block, rows))
+        dimension, embedding); a group already stored is skipped. Returns rows added.
+        With native search on, the turn's keys are written in the same transaction."""
+        if not rows:
+            return 0
+        native = self.native_search(self._dimension(rows)) is not None
+        return self._run(lambda c: self._add_vectors_op(c, block, rows, native))
 
     async def aadd_vectors(self, block: str, rows: Sequence[dict[str, Any]]) -> int:
-        return await self._arun(lambda c: self._add_vectors_op(c, block, rows))
+        if not rows:
+            return 0
+        native = await self.anative_search(self._dimension(rows)) is not None
+        return await self._arun(lambda c: self._add_vectors_op(c, block, rows, native))
+
+    # -- native vector search ---------------------------------------------------------
+
+    def _kind_or_none(self, found: tuple[str | None, str], dimension: int) -> str | None:
+        """Record the probe's answer; raise if native search was required and is missing."""
+        kind, why = found
+        if kind is not None and dimension > MAX_DIMENSIONS[kind]:
+            kind, why = None, f"{dimension} dimensions exceed {kind}'s {MAX_DIMENSIONS[kind]}"
+        if kind is None and self.native_vectors is True:
+            raise StoreError(f"native vector search was required (native_vectors=True): {why}")
+        if kind is None:
+            log.debug("vectors of %d dimensions are searched in the process: %s", dimension, why)
+        return kind
+
+    def _native_op(self, conn: Connection, dimension: int) -> tuple[str | None, str]:
+        if self._native_kind is _UNPROBED:
+            self._native_kind = native_kind(conn, create=self.native_vectors is True)
+        kind, why = self._native_kind
+        if kind is None or dimension > MAX_DIMENSIONS[kind]:
+            return kind, why
+        keys = self._native.table(dimension)
+        try:
+            with conn.begin_nested():
+                keys.create(conn, checkfirst=True)
+        except sa_exc.DBAPIError:
+            if not inspect(conn).has_table(keys.name, schema=keys.schema):
+                raise
+            # another process created it between our check and create
+        indexed = self._native.backfill(conn, dimension)
+        if indexed:
+            log.info("indexed %d stored turns for native vector search", indexed)
+        return kind, why
+
+    def native_search(self, dimension: int) -> str | None:
+        """``"mssql"`` or ``"postgresql"`` when vectors of ``dimension`` floats are searched in
+        the database, else None. The first call per dimension creates the key table and
+        indexes turns stored without keys."""
+        if self.native_vectors is False:
+            return None
+        if dimension in self._native_ready:
+            return self._native_ready[dimension]
+        with self._native_lock:
+            if dimension not in self._native_ready:
+                found = self._run(lambda c: self._native_op(c, dimension))
+                self._native_ready[dimension] = self._kind_or_none(found, dimension)
+        return self._native_ready[dimension]
+
+    async def anative_search(self, dimension: int) -> str | None:
+        if self.native_vectors is False:
+            return None
+        if dimension not in self._native_ready:
+            found = await self._arun(lambda c: self._native_op(c, dimension))
+            self._native_ready[dimension] = self._kind_or_none(found, dimension)
+        return self._native_ready[dimension]
+
+    def search_vectors(
+        self, block: str, user_id: str | None, session_id: str, query: Sequence[float], limit: int
+    ) -> list[SearchHit] | None:
+        """The ``limit`` turns of the scope nearest ``query`` (best key, cosine), searched in the
+        database; None when this database has no native vector search."""
+        kind = self.native_search(len(query))
+        if kind is None:
+            return None
+        n = self._native
+        op = lambda c: n.search(c, kind, block, user_id, session_id, query, limit)  # noqa: E731
+        return self._run(op, write=False)
+
+    async def asearch_vectors(
+        self, block: str, user_id: str | None, session_id: str, query: Sequence[float], limit: int
+    ) -> list[SearchHit] | None:
+        kind = await self.anative_search(len(query))
+        if kind is None:
+            return None
+        n = self._native
+        op = lambda c: n.search(c, kind, block, user_id, session_id, query, limit)  # noqa: E731
+        return await self._arun(op, write=False)
+
+    def _neighbors_op(
+        self, conn: Connection, where: Any, hits: Sequence[SearchHit], n: int
+    ) -> list[SearchHit]:
+        v = self.tables.vectors
+        sessions = sorted({h.session_id for h in hits})
+        order: dict[str, list[int]] = {}
+        for chunk in (sessions[i : i + CHUNK] for i in range(0, len(sessions), CHUNK)):
+            q = select(v.c.id, v.c.session_id).where(where, v.c.session_id.in_(chunk))
+            for row_id, session in conn.execute(q.order_by(v.c.id)):
+                order.setdefault(session, []).append(row_id)
+        wanted: list[int] = []
+        seen = {h.id for h in hits}
+        for h in hits:
+            ids = order.get(h.session_id, [])
+            if h.id not in ids:
+                continue
+            at = ids.index(h.id)
+            for d in range(1, n + 1):
+                for j in (at - d, at + d):
+                    if 0 <= j < len(ids) and ids[j] not in seen:
+                        seen.add(ids[j])
+                        wanted.append(ids[j])
+        found: dict[int, SearchHit] = {}
+        cols = (v.c.id, v.c.session_id, v.c.first_seq, v.c.content, v.c.token_count)
+        for chunk in (wanted[i : i + CHUNK] for i in range(0, len(wanted), CHUNK)):
+            for r in conn.execute(select(*cols).where(where, v.c.id.in_(chunk))):
+                found[r.id] = SearchHit(*r, similarity=0.0)
+        return [found[i] for i in wanted if i in found]
+
+    def neighbor_vectors(
+        self, block: str, user_id: str | None, session_id: str, hits: Sequence[SearchHit], n: int
+    ) -> list[SearchHit]:
+        """The turns stored just before and after each hit in its session (up to ``n`` each
+        side), in the order the hits give, without the hits themselves."""
+        where = self._vector_scope(block, user_id, session_id)
+        return self._run(lambda c: self._neighbors_op(c, where, hits, n), write=False)
+
+    async def aneighbor_vectors(
+        self, block: str, user_id: str | None, session_id: str, hits: Sequence[SearchHit], n: int
+    ) -> list[SearchHit]:
+        where = self._vector_scope(block, user_id, session_id)
+        return await self._arun(lambda c: self._neighbors_op(c, where, hits, n), write=False)
 
     def _vector_scope(self, block: str, user_id: str | None, session_id: str):
         v = self.tables.vectors

@@ -26,7 +26,7 @@ from ..tokens import TokenCounter, default_token_counter
 from ._common import check_block_args, format_turn, pack, resolve_store, split_turns
 from .embedders import _numpy, from_bytes, to_bytes
 from .relevance import LexicalIndex
-from .store import StoredVector
+from .store import SearchHit, StoredVector
 
 __all__ = ["VectorMemory"]
 
@@ -35,6 +35,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 MAX_SENTENCE_KEYS = 8
 #: Shorter sentences ("Any advice?") get no vector of their own.
 MIN_SENTENCE_WORDS = 3
+#: Native search returns at least this many turns (5 x top_k if more) to re-rank.
+NATIVE_CANDIDATES = 50
 
 
 def sentence_keys(turn: Sequence[Message]) -> list[str]:
@@ -294,13 +296,7 @@ class VectorMemory(BaseMemoryBlock):
             )
         q = q / (float(np.linalg.norm(q)) or 1.0)
         score = np.maximum.reduceat(index.matrix @ q, index.starts)  # each turn's best vector
-        if self.lexical_weight:
-            lexical = index.lexical.relative_array(query, np)
-            if lexical is not None:
-                score += self.lexical_weight * lexical
-        k = min(self.top_k, len(index.rows))
-        best = np.argpartition(-score, k - 1)[:k]
-        hits = [int(i) for i in best[np.argsort(-score[best])] if score[i] >= self.min_score]
+        hits = self._best(score, index.lexical, query)
         picked = list(hits)
         if self.neighbors:
             for i in hits:
@@ -315,6 +311,65 @@ class VectorMemory(BaseMemoryBlock):
         chosen = sorted(picked[c] for c in pack(items, max_tokens))
         return [index.rows[i].content for i in chosen]
 
+    def _best(self, score: Any, lexical: LexicalIndex, query: str) -> list[int]:
+        """Positions of the ``top_k`` best turns scoring at least ``min_score``, best first
+        (``score``: cosine similarities, raised here by the lexical bonus)."""
+        np = _numpy()
+        if self.lexical_weight:
+            bonus = lexical.relative_array(query, np)
+            if bonus is not None:
+                score += self.lexical_weight * bonus
+        k = min(self.top_k, len(score))
+        best = np.argpartition(-score, k - 1)[:k]
+        return [int(i) for i in best[np.argsort(-score[best])] if score[i] >= self.min_score]
+
+    def _candidates(self) -> int:
+        """Turns native search returns for re-ranking (the lexical bonus can reorder them)."""
+        return max(NATIVE_CANDIDATES, 5 * self.top_k)
+
+    def _rank_hits(self, hits: list[SearchHit], query: str) -> list[SearchHit]:
+        """Native search's candidates re-ranked as in the process (BM25 over the candidates)."""
+        np = _numpy()
+        if not hits:
+            return []
+        lexical = LexicalIndex()
+        if self.lexical_weight:
+            lexical.extend(h.content for h in hits)
+        score = np.fromiter((h.similarity for h in hits), dtype=np.float32, count=len(hits))
+        return [hits[i] for i in self._best(score, lexical, query)]
+
+    @staticmethod
+    def _pack_hits(picked: list[SearchHit], max_tokens: int) -> list[str]:
+        items = [(h.content, h.token_count) for h in picked]
+        chosen = sorted((picked[c] for c in pack(items, max_tokens)), key=lambda h: h.id)
+        return [h.content for h in chosen]
+
+    def _native_get(self, vector, query, user_id, session_id, budget) -> list[str] | None:
+        found = self.store.search_vectors(
+            self.name, user_id, session_id, vector, self._candidates()
+        )
+        if not found:
+            return None  # not native, or nothing of this dimension: the process path explains
+        hits = self._rank_hits(found, query)
+        if self.neighbors and hits:
+            hits += self.store.neighbor_vectors(
+                self.name, user_id, session_id, hits, self.neighbors
+            )
+        return self._pack_hits(hits, budget)
+
+    async def _anative_get(self, vector, query, user_id, session_id, budget) -> list[str] | None:
+        found = await self.store.asearch_vectors(
+            self.name, user_id, session_id, vector, self._candidates()
+        )
+        if not found:
+            return None  # not native, or nothing of this dimension: the process path explains
+        hits = self._rank_hits(found, query)
+        if self.neighbors and hits:
+            hits += await self.store.aneighbor_vectors(
+                self.name, user_id, session_id, hits, self.neighbors
+            )
+        return self._pack_hits(hits, budget)
+
     def get(
         self, *, query: str | None, user_id: str | None, session_id: str, max_tokens: int
     ) -> list[str]:
@@ -325,8 +380,11 @@ class VectorMemory(BaseMemoryBlock):
         stamp = self.store.vector_stamp(self.name, user_id, session_id)
         if stamp[0] == 0:
             return []
-        index = self._index(user_id, session_id, stamp)
         (vector,) = self.embedder.embed([query])
+        found = self._native_get(vector, query, user_id, session_id, budget)
+        if found is not None:
+            return found
+        index = self._index(user_id, session_id, stamp)
         return self._rank(index, vector, query, budget)
 
     async def aget(
@@ -338,8 +396,11 @@ class VectorMemory(BaseMemoryBlock):
         stamp = await self.store.avector_stamp(self.name, user_id, session_id)
         if stamp[0] == 0:
             return []
-        index = await self._aindex(user_id, session_id, stamp)
         (vector,) = await self.embedder.aembed([query])
+        found = await self._anative_get(vector, query, user_id, session_id, budget)
+        if found is not None:
+            return found
+        index = await self._aindex(user_id, session_id, stamp)
         return self._rank(index, vector, query, budget)
 
     def delete_session(self, session_id: str) -> int:
