@@ -8,6 +8,7 @@ with :func:`markdown_table` / :func:`write_report`.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import math
 import os
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ __all__ = [
     "write_report",
 ]
 
-BACKENDS = ("sqlite", "postgresql", "mariadb")
+BACKENDS = ("sqlite", "postgresql", "mariadb", "pgvector")
 #: Server URLs used when the environment variable in :data:`ENV_VARS` is unset.
 #: SQLite defaults to files in a temporary directory (see :func:`resolve_backends`).
 DEFAULT_URLS = {
@@ -66,6 +68,7 @@ ENV_VARS = {
     "sqlite": "BENCH_SQLITE_URL",
     "postgresql": "BENCH_POSTGRESQL_URL",
     "mariadb": "BENCH_MARIADB_URL",
+    "pgvector": "BENCH_PGVECTOR_URL",
 }
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -230,6 +233,28 @@ class Backend:
         return self.url.render_as_string(hide_password=True)
 
 
+_PGSERVERS: list[Any] = []
+
+
+def private_pgvector() -> str:
+    """A URL of a private PostgreSQL with pgvector (the ``pgserver`` package), started once per
+    process and stopped at exit; an unusable URL (the probe then says why) without it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            data = tempfile.mkdtemp(prefix="bench-pgvector-")
+            server = pgserver.get_server(data, cleanup_mode="delete")
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    except Exception as e:
+        print(f"pgvector: no private server ({type(e).__name__}: {e})", file=sys.stderr)
+        return "postgresql+psycopg://postgres@/postgres?host=/nonexistent-pgvector"
+    _PGSERVERS.append(server)
+    atexit.register(server.cleanup)
+    return f"postgresql+psycopg://postgres@/postgres?host={data}"
+
+
 def resolve_backends(names: Sequence[str], directory: Path) -> list[Backend]:
     """Backends by name; URLs from :data:`ENV_VARS` or the defaults (SQLite: in ``directory``)."""
     backends = []
@@ -239,6 +264,8 @@ def resolve_backends(names: Sequence[str], directory: Path) -> list[Backend]:
         env = os.environ.get(ENV_VARS[name])
         if name == "sqlite" and not env:
             backends.append(Backend(name, make_url(f"sqlite:///{directory / 'bench.db'}"), False))
+        elif name == "pgvector" and not env:
+            backends.append(Backend(name, make_url(private_pgvector())))
         else:
             backends.append(Backend(name, make_url(env or DEFAULT_URLS[name])))
     return backends

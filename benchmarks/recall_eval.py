@@ -57,7 +57,15 @@ from mssql_memory import (
     VectorMemory,
 )
 
-from .common import command_line, environment_line, markdown_table, workdir, write_report
+from .common import (
+    BACKENDS,
+    command_line,
+    environment_line,
+    markdown_table,
+    resolve_backends,
+    workdir,
+    write_report,
+)
 
 TOKEN_LIMIT = 2000
 #: ``--quick``: one user, six sessions (about 90 turns), eight facts.
@@ -928,7 +936,7 @@ def evaluate(
     return Run(rows, stats, time.perf_counter() - started)
 
 
-def report(run: Run, data: list[Conversation], extra: str = "") -> str:
+def report(run: Run, data: list[Conversation], extra: str = "", backend: str = "sqlite") -> str:
     table = markdown_table(
         [
             "configuration",
@@ -955,7 +963,14 @@ def report(run: Run, data: list[Conversation], extra: str = "") -> str:
         f'differently (e.g. "{sample.text}" needs "{sample.evidence[0]}" and '
         f'"{sample.evidence[1]}").',
         "",
-        f"Budget: `token_limit={TOKEN_LIMIT}` for the whole context. Long-term configurations "
+        f"Database: {backend}"
+        + (
+            " (vectors searched natively in PostgreSQL by pgvector, candidates re-ranked in "
+            "the process)"
+            if backend == "pgvector"
+            else ""
+        )
+        + f". Budget: `token_limit={TOKEN_LIMIT}` for the whole context. Long-term configurations "
         "use `FlushToLongTerm([VectorMemory(SentenceTransformerEmbedder())])` "
         "(all-MiniLM-L6-v2, local) with `memory_token_limit=1200` and `max_tokens=1200` "
         "unless noted; *sentence keys*: each stored turn also has one vector per sentence of "
@@ -991,6 +1006,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "recall.md"))
     parser.add_argument("--quick", action="store_true", help="one small user, three configurations")
+    parser.add_argument(
+        "--backend",
+        default="sqlite",
+        choices=BACKENDS,
+        help="database (pgvector: native vector search in PostgreSQL; default: a SQLite file)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         data = make_dataset(**QUICK)
@@ -998,8 +1019,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = make_dataset(args.users, args.sessions, args.facts, args.seed)
     embedder = SentenceTransformerEmbedder()
     with workdir() as tmp:
-        run = evaluate(data, embedder, f"sqlite:///{tmp / 'recall.db'}", configs(args.quick))
-    text = report(run, data)
+        (backend,) = resolve_backends([args.backend], tmp)
+        url = backend.url_for("recall").render_as_string(hide_password=False)
+        run = evaluate(data, embedder, url, configs(args.quick))
+    text = report(run, data, backend=args.backend)
     print(text)
     write_report(args.out, text + kept_notes(Path(args.out)))
     return 0

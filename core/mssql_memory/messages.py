@@ -280,6 +280,54 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 
+_PLAIN_KEYS = frozenset({"v", "id", "role", "content", "created_at", "name", "source"})
+_set = object.__setattr__
+_new = object.__new__
+
+
+def _plain_message(data: Any, seq: Any, status: Any, token_count: Any) -> Message | None:
+    """The message of a plain payload (text only: no tool calls, metadata or raw form), built
+    without the generic checks — every field's type is checked here; None otherwise."""
+    if type(data) is not dict or not data.keys() <= _PLAIN_KEYS:
+        return None
+    role, content, mid = data.get("role"), data.get("content", ""), data.get("id")
+    name, source, created = data.get("name"), data.get("source"), data.get("created_at")
+    if not (
+        role in ROLES
+        and type(content) is str
+        and type(mid) is str
+        and mid
+        and type(created) is str
+        and (name is None or type(name) is str)
+        and (source is None or type(source) is str)
+        and status in STATUSES
+        and (seq is None or type(seq) is int)
+        and (token_count is None or (type(token_count) is int and token_count >= 0))
+    ):
+        return None
+    try:
+        created_at = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    if created_at.tzinfo is None:
+        return None
+    message = _new(Message)
+    _set(message, "role", role)
+    _set(message, "content", content)
+    _set(message, "name", name)
+    _set(message, "tool_calls", ())
+    _set(message, "tool_call_id", None)
+    _set(message, "id", mid)
+    _set(message, "metadata", {})
+    _set(message, "created_at", created_at)
+    _set(message, "token_count", token_count)
+    _set(message, "source", source)
+    _set(message, "raw", None)
+    _set(message, "seq", seq)
+    _set(message, "status", status)
+    return message
+
+
 def message_from_json(
     text: str | bytes,
     *,
@@ -292,6 +340,9 @@ def message_from_json(
         data = _loads(text)
     except (TypeError, ValueError) as e:
         raise InvalidMessageError(f"message payload is not valid JSON: {e}") from e
+    plain = _plain_message(data, seq, status, token_count)
+    if plain is not None:
+        return plain
     return message_from_dict(data, seq=seq, status=status, token_count=token_count)
 
 
