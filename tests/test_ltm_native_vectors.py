@@ -221,7 +221,8 @@ def test_search_and_insert_compile_for_sql_server():
     sql = str(stmt.compile(dialect=mssql.dialect(), compile_kwargs={"render_postcompile": True}))
     assert "VECTOR_DISTANCE('cosine', [AgentMemory_vec3].embedding, CAST(" in sql
     assert "AS VECTOR(3))" in sql and "TOP 50" in sql
-    assert "[AgentMemory_vec3].user_id = " in sql and "GROUP BY [AgentMemory_vec3].vector_id" in sql
+    assert "[AgentMemory_vec3].user_id = " in sql and "GROUP BY top_keys.vector_id" in sql
+    assert "TOP 200" in sql
     params = stmt.compile(dialect=mssql.dialect()).params
     assert "[0.1,0.2,0.3]" in params.values() and "alice" in params.values()
     assert "alice" not in sql  # parameters, never inlined

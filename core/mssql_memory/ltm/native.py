@@ -51,6 +51,8 @@ __all__ = [
 
 log = logging.getLogger("mssql_memory.ltm")
 
+#: Keys read per turn wanted: a turn has 1 to 9 keys, so some of the nearest keys share a turn.
+KEYS_PER_CANDIDATE = 4
 #: Largest vector each native type stores (SQL Server float32 VECTOR: 1998; pgvector: 16000).
 MAX_DIMENSIONS = {"mssql": 1998, "postgresql": 16000}
 
@@ -243,11 +245,20 @@ class NativeVectors:
             )
         else:
             scope = (keys.c.block == block, keys.c.user_id == user_id)
-        best = func.min(self.distance(kind, keys, query)).label("distance")
-        nearest = (
-            select(keys.c.vector_id, best)
+        # the nearest keys first (a top-n sort, cheap), then each turn's best among them: far
+        # cheaper than grouping every key of the user by turn
+        distance = self.distance(kind, keys, query).label("distance")
+        top = (
+            select(keys.c.vector_id, distance)
             .where(*scope)
-            .group_by(keys.c.vector_id)
+            .order_by(distance)
+            .limit(limit * KEYS_PER_CANDIDATE)
+            .subquery("top_keys")
+        )
+        best = func.min(top.c.distance).label("best_distance")  # unambiguous in ORDER BY
+        nearest = (
+            select(top.c.vector_id, best)
+            .group_by(top.c.vector_id)
             .order_by(best)
             .limit(limit)
             .subquery("nearest")
@@ -259,10 +270,10 @@ class NativeVectors:
                 v.c.first_seq,
                 v.c.content,
                 v.c.token_count,
-                nearest.c.distance,
+                nearest.c.best_distance,
             )
             .join(nearest, nearest.c.vector_id == v.c.id)
-            .order_by(nearest.c.distance, v.c.id)
+            .order_by(nearest.c.best_distance, v.c.id)
         )
 
     def search(
@@ -279,6 +290,8 @@ class NativeVectors:
         q = np.asarray(query, dtype="<f4")
         stmt = self.search_statement(kind, len(q), block, user_id, session_id, q, limit)
         return [
-            SearchHit(r.id, r.session_id, r.first_seq, r.content, r.token_count, 1.0 - r.distance)
+            SearchHit(
+                r.id, r.session_id, r.first_seq, r.content, r.token_count, 1.0 - r.best_distance
+            )
             for r in conn.execute(stmt)
         ]

@@ -24,15 +24,20 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    String,
+    UnicodeText,
     and_,
     bindparam,
     delete,
     func,
     insert,
+    literal,
     select,
+    true,
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -191,6 +196,7 @@ class SQLStore(SQLBase):
             )
         )
         self._u_append_returning = self._u_append.returning(*self._counters)
+        self._pg_append = self._fused_append(m, sid)
         self._u_lock = (
             update(s)
             .where(s.c.session_id == sid)
@@ -200,6 +206,36 @@ class SQLStore(SQLBase):
             s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id, s.c.block_marks
         ).where(s.c.session_id == sid)
         self._i_messages = insert(m)
+
+    def _fused_append(self, m: Any, sid: Any) -> Any:
+        """PostgreSQL: the session row's update and the messages' insert in one statement (one
+        round trip instead of two): ``WITH bumped AS (UPDATE ... RETURNING ...), added AS
+        (INSERT ... SELECT FROM bumped, unnest(the batch's columns))``. Nothing is inserted
+        when the session does not exist yet (no row returned: the caller creates it)."""
+        bumped = self._u_append_returning.cte("bumped")
+        batch = (
+            func.unnest(
+                bindparam("p_roles", type_=postgresql.ARRAY(String())),
+                bindparam("p_counts", type_=postgresql.ARRAY(Integer())),
+                bindparam("p_contents", type_=postgresql.ARRAY(UnicodeText())),
+                bindparam("p_payloads", type_=postgresql.ARRAY(UnicodeText())),
+            )
+            .table_valued("role", "token_count", "content", "payload", with_ordinality="ord")
+            .render_derived()
+        )
+        rows = select(
+            sid,
+            bumped.c.next_seq - bindparam("p_n") + batch.c.ord,
+            batch.c.role,
+            literal("active"),
+            batch.c.token_count,
+            batch.c.content,
+            batch.c.payload,
+            bindparam("p_now"),
+        ).select_from(bumped.join(batch, true()))
+        columns = ["session_id", "seq", "role", "status", "token_count", "content", "payload"]
+        added = insert(m).from_select([*columns, "created_at"], rows).cte("added")
+        return select(bumped).add_cte(added)
 
     def _dialect_returns(self, conn: Connection) -> bool:
         return bool(conn.dialect.update_returning)
@@ -304,13 +340,21 @@ class SQLStore(SQLBase):
         tokens = sum(m.token_count or 0 for m, _ in batch)
         now = utcnow()
         params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
-        if self._dialect_returns(conn):
+        fused = conn.dialect.name == "postgresql"
+        if fused:
+            params["p_roles"] = [m.role for m, _ in batch]
+            params["p_counts"] = [m.token_count for m, _ in batch]
+            params["p_contents"] = [_display_text(m.content) for m, _ in batch]
+            params["p_payloads"] = [payload for _, payload in batch]
+            row = conn.execute(self._pg_append, params).first()
+        elif self._dialect_returns(conn):
             row = conn.execute(self._u_append_returning, params).first()
         else:
             result = conn.execute(self._u_append, params)
             row = None
             if result.rowcount:
                 row = conn.execute(self._q_counters, {"p_sid": session_id}).first()
+        inserted = fused and row is not None
         if row is None:
             self._create_session(
                 conn,
@@ -331,6 +375,32 @@ class SQLStore(SQLBase):
             self._check_user(conn, session_id, row.user_id, user_id)
         first = next_seq - n + 1
         stored = [m.with_fields(seq=first + i, status="active") for i, (m, _) in enumerate(batch)]
+        if not inserted:
+            self._insert_batch(conn, session_id, stored, batch, now)
+        trimmed = False
+        limit = self.max_messages_per_session
+        if limit is not None and active_count > limit:
+            active_tokens -= self._evict_oldest(conn, session_id, active_count - limit)
+            active_count = limit
+            trimmed = True
+        result = AppendResult(
+            stored,
+            version=version,
+            active_count=active_count,
+            active_tokens=active_tokens,
+            system_tokens=system_tokens,
+            summary_tokens=summary_tokens,
+        )
+        return result, trimmed
+
+    def _insert_batch(
+        self,
+        conn: Connection,
+        session_id: str,
+        stored: Sequence[Message],
+        batch: list[tuple[Message, str]],
+        now: datetime,
+    ) -> None:
         conn.execute(
             self._i_messages,
             [
@@ -347,21 +417,6 @@ class SQLStore(SQLBase):
                 for m, (_, payload) in zip(stored, batch, strict=True)
             ],
         )
-        trimmed = False
-        limit = self.max_messages_per_session
-        if limit is not None and active_count > limit:
-            active_tokens -= self._evict_oldest(conn, session_id, active_count - limit)
-            active_count = limit
-            trimmed = True
-        result = AppendResult(
-            stored,
-            version=version,
-            active_count=active_count,
-            active_tokens=active_tokens,
-            system_tokens=system_tokens,
-            summary_tokens=summary_tokens,
-        )
-        return result, trimmed
 
     def _evict_oldest(self, conn: Connection, session_id: str, count: int) -> int:
         """Move the ``count`` oldest active messages out of the window (count limit)."""
