@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from mssql_memory import Message, SQLStore, WindowCache
 from mssql_memory.stores import cache as cache_module
+from mssql_memory.stores.base import OverflowCommit
 from sqlalchemy import event
 
 
@@ -115,7 +116,15 @@ def test_invalidate_and_clear() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"capacity": 0}, {"capacity": -1}, {"capacity": 1.5}, {"ttl": 0}, {"ttl": -5}]
+    "kwargs",
+    [
+        {"capacity": 0},
+        {"capacity": -1},
+        {"capacity": 1.5},
+        {"ttl": 0},
+        {"ttl": -5},
+        {"max_messages": 0},
+    ],
 )
 def test_invalid_settings_are_rejected(kwargs: dict[str, Any]) -> None:
     """Capacity must be a positive int and ttl positive."""
@@ -124,13 +133,15 @@ def test_invalid_settings_are_rejected(kwargs: dict[str, Any]) -> None:
 
 
 def test_store_cache_option_forms(sqlite_url: str) -> None:
-    """cache=True, a capacity or a WindowCache enable the cache; None/False disable it."""
+    """cache=True (the default), a capacity or a WindowCache enable the cache; None/False
+    disable it."""
     shared = WindowCache(capacity=7)
     assert SQLStore(sqlite_url, "t_opts", cache=True).cache.capacity == 1024
     assert SQLStore(sqlite_url, "t_opts", cache=5).cache.capacity == 5
     assert SQLStore(sqlite_url, "t_opts", cache=shared).cache is shared
     assert SQLStore(sqlite_url, "t_opts", cache=False).cache is None
-    assert SQLStore(sqlite_url, "t_opts").cache is None
+    assert SQLStore(sqlite_url, "t_opts", cache=None).cache is None
+    assert SQLStore(sqlite_url, "t_opts").cache.capacity == 1024
 
 
 class StatementCounter:
@@ -158,7 +169,7 @@ def test_cache_hit_skips_the_window_query(make_store: Any) -> None:
     warm, warm_statements = counter.during(lambda: store.get_window("s"))
     assert contents(warm) == contents(cold) == ["a", "b"]
     assert (cold_statements, warm_statements) == (2, 1)
-    uncached = make_store("sqlite", table_name=store.table_name)
+    uncached = make_store("sqlite", table_name=store.table_name, cache=False)
     uncached.create_schema()
     plain = StatementCounter(uncached)
     _, statements = plain.during(lambda: uncached.get_window("s"))
@@ -198,3 +209,79 @@ def test_other_instance_write_is_seen(make_store: Any) -> None:
     snapshot = a.read_session("s")
     assert snapshot.state.system_message.content == "sys"
     assert contents(snapshot.window) == ["a", "b", "c"]
+
+
+def test_a_session_deleted_and_recreated_elsewhere_is_never_served_stale(make_store: Any) -> None:
+    """Another instance deletes the session and writes it again to the same number of
+    versions: this instance's cached window (of the old session) is not served."""
+    a = make_store("sqlite")
+    b = make_store("sqlite", table_name=a.table_name)
+    a.append("s", [Message("user", "old 1")])
+    a.append("s", [Message("user", "old 2")])
+    assert contents(a.get_window("s")) == ["old 1", "old 2"]
+    b.delete_session("s")
+    b.append("s", [Message("user", "new 1")])
+    b.append("s", [Message("user", "new 2")])
+    assert contents(a.get_window("s")) == ["new 1", "new 2"]
+
+
+def test_only_immutable_text_messages_are_cached_and_shared(make_store: Any) -> None:
+    """Windows holding tool calls or metadata are read from the database each time; cached
+    messages cannot be changed by a caller, and a caller's own objects are never cached."""
+    store = make_store("sqlite")
+    mine = Message("user", "hello")
+    store.append("s", [mine])
+    first = store.get_window("s")
+    mine.metadata["changed"] = True  # the caller's object, after the append
+    (cached,) = store.get_window("s")
+    assert cached.metadata == {} and store.cache.hits >= 1
+    with pytest.raises(TypeError):
+        first[0].metadata["x"] = 1  # type: ignore[index]
+    store.append("t", [Message("user", "with metadata", metadata={"k": 1})])
+    counter = StatementCounter(store)
+    for _ in range(2):
+        (m,), statements = counter.during(lambda: store.get_window("t"))
+        assert statements == 2 and m.metadata == {"k": 1}  # version check + window, each time
+    m.metadata["k"] = 2
+    assert store.get_window("t")[0].metadata == {"k": 1}
+
+
+def test_max_messages_bounds_what_the_cache_holds() -> None:
+    cache = WindowCache(capacity=10, max_messages=5)
+    cache.put("a", 1, window("1", "2", "3"))
+    cache.put("b", 1, window("4", "5"))
+    assert cache.messages == 5
+    cache.put("c", 1, window("6", "7"))  # evicts the least recently used (a)
+    assert cache.get("a", 1) is None and contents(cache.get("c", 1)) == ["6", "7"]
+    assert cache.messages == 4
+    cache.put("d", 1, window(*"abcdef"))  # larger than the whole cache: not kept
+    assert cache.get("d", 1) is None and cache.messages == 4
+    cache.extend("b", 2, window("x"))
+    assert contents(cache.get("b", 2)) == ["4", "5", "x"] and cache.messages == 5
+    cache.clear()
+    assert cache.messages == 0
+
+
+def test_remove_applies_this_instances_eviction_only_from_the_previous_version() -> None:
+    cache = WindowCache()
+    cache.put("s", 1, window("a", "b", "c"))
+    cache.remove("s", 2, {1, 2})
+    assert contents(cache.get("s", 2)) == ["c"]
+    cache.remove("s", 4, {3})  # not the next version: dropped, the next read reloads
+    assert cache.get("s", 2) is None and cache.get("s", 4) is None and cache.messages == 0
+
+
+def test_own_overflow_keeps_the_cache_warm_and_correct(make_store: Any) -> None:
+    """After this instance applies an overflow the cached window loses exactly the evicted
+    messages; the next read is a hit and equals what the database holds."""
+    store = make_store("sqlite")
+    store.append("s", [Message("user", t) for t in "abcd"])
+    first, *_ = store.get_window("s")
+    assert store.commit_overflow("s", OverflowCommit(evict=[first]))
+    hits = store.cache.hits
+    assert contents(store.get_window("s")) == ["b", "c", "d"]
+    assert store.cache.hits == hits + 1
+    uncached = make_store("sqlite", table_name=store.table_name, cache=False)
+    assert contents(uncached.get_window("s")) == ["b", "c", "d"]
+    assert not store.commit_overflow("s", OverflowCommit(evict=[first]))  # already gone
+    assert contents(store.get_window("s")) == ["b", "c", "d"]

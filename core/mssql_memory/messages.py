@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from .errors import InvalidMessageError
@@ -181,6 +182,12 @@ class Message:
 
     def with_fields(self, **changes: Any) -> Message:
         """A copy with ``changes`` applied (the record itself is immutable)."""
+        if changes.keys() <= _STORE_FIELDS and _store_values_valid(changes):
+            # the fields a store assigns, checked here: copy without re-validating the rest
+            copy = _new(Message)
+            for name in _FIELD_NAMES:
+                _set(copy, name, changes[name] if name in changes else getattr(self, name))
+            return copy
         return replace(self, **changes)
 
     @property
@@ -280,7 +287,23 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(Message))
+_STORE_FIELDS = frozenset({"seq", "status", "token_count"})
+
+
+def _store_values_valid(changes: dict[str, Any]) -> bool:
+    seq = changes.get("seq")
+    count = changes.get("token_count")
+    return (
+        (seq is None or type(seq) is int)
+        and changes.get("status", "active") in STATUSES
+        and (count is None or (type(count) is int and count >= 0))
+    )
+
+
 _PLAIN_KEYS = frozenset({"v", "id", "role", "content", "created_at", "name", "source"})
+#: The metadata of decoded plain messages: empty and read-only, so they can be shared.
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 _set = object.__setattr__
 _new = object.__new__
 
@@ -318,7 +341,7 @@ def _plain_message(data: Any, seq: Any, status: Any, token_count: Any) -> Messag
     _set(message, "tool_calls", ())
     _set(message, "tool_call_id", None)
     _set(message, "id", mid)
-    _set(message, "metadata", {})
+    _set(message, "metadata", NO_METADATA)
     _set(message, "created_at", created_at)
     _set(message, "token_count", token_count)
     _set(message, "source", source)
@@ -326,6 +349,16 @@ def _plain_message(data: Any, seq: Any, status: Any, token_count: Any) -> Messag
     _set(message, "seq", seq)
     _set(message, "status", status)
     return message
+
+
+def shareable(message: Message) -> Message | None:
+    """``message`` in a form no caller can change (text only: no tool calls, metadata or raw
+    form; its metadata the read-only empty mapping), or None if it has mutable parts."""
+    if message.raw is not None or message.tool_calls or message.metadata:
+        return None
+    if message.metadata is NO_METADATA:
+        return message
+    return replace(message, metadata=NO_METADATA)
 
 
 def message_from_json(

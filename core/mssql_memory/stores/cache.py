@@ -6,6 +6,11 @@ bumps the version) makes the entry unusable. The cache therefore replaces the
 window query (the heavy read) by the session-row read that happens anyway; it
 never skips the database entirely. ``ttl`` bounds how long an idle entry uses
 memory, it is not a staleness allowance.
+
+Only windows of text messages are cached (no tool calls, metadata or framework
+form: see :func:`~mssql_memory.messages.shareable`): those messages are fully
+immutable, so handing the same objects to every reader is safe. Other windows
+are read from the database each time.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..messages import Message
+from ..messages import Message, shareable
 
 __all__ = ["WindowCache"]
 
@@ -22,12 +27,18 @@ __all__ = ["WindowCache"]
 class WindowCache:
     """LRU map ``session_id -> (version, window)`` with a capacity and an idle TTL."""
 
-    def __init__(self, capacity: int = 1024, ttl: float = 300.0) -> None:
+    def __init__(
+        self, capacity: int = 1024, ttl: float = 300.0, max_messages: int = 50_000
+    ) -> None:
         if not isinstance(capacity, int) or capacity <= 0:
             raise ValueError("capacity must be a positive int")
+        if not isinstance(max_messages, int) or max_messages <= 0:
+            raise ValueError("max_messages must be a positive int")
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.capacity = capacity
+        self.max_messages = max_messages
+        self.messages = 0  # messages held, at most max_messages
         self.ttl = float(ttl)
         self.hits = 0
         self.misses = 0
@@ -47,15 +58,34 @@ class WindowCache:
             self.hits += 1
             return list(entry[1])
 
+    @staticmethod
+    def _frozen(messages: list[Message]) -> tuple[Message, ...] | None:
+        frozen = [shareable(m) for m in messages]
+        return None if any(m is None for m in frozen) else tuple(frozen)  # type: ignore[misc]
+
+    def _store(self, session_id: str, version: int, window: tuple[Message, ...]) -> None:
+        """Install an entry (the lock held), evicting the least recently used beyond bounds."""
+        old = self._entries.pop(session_id, None)
+        if old is not None:
+            self.messages -= len(old[1])
+        if len(window) > self.max_messages:
+            return
+        self._entries[session_id] = (version, window, time.monotonic() + self.ttl)
+        self.messages += len(window)
+        while len(self._entries) > self.capacity or self.messages > self.max_messages:
+            _, (_, dropped, _) = self._entries.popitem(last=False)
+            self.messages -= len(dropped)
+
     def put(self, session_id: str, version: int, window: list[Message]) -> None:
+        frozen = self._frozen(window)
         with self._lock:
             current = self._entries.get(session_id)
             if current is not None and current[0] > version:
                 return  # never replace a newer entry with an older read
-            self._entries[session_id] = (version, tuple(window), time.monotonic() + self.ttl)
-            self._entries.move_to_end(session_id)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            if frozen is None:
+                self._drop(session_id)
+            else:
+                self._store(session_id, version, frozen)
 
     def extend(self, session_id: str, version: int, appended: list[Message]) -> None:
         """Record an append made by this instance (``version`` is the version it produced).
@@ -63,23 +93,38 @@ class WindowCache:
         Only valid when the cached entry is exactly one version behind; else the
         entry is dropped and the next read reloads.
         """
+        frozen = self._frozen(appended)
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                return
+            if entry[0] == version - 1 and frozen is not None:
+                self._store(session_id, version, entry[1] + frozen)
+            else:
+                self._drop(session_id)
+
+    def remove(self, session_id: str, version: int, seqs: set[int | None]) -> None:
+        """Record that this instance moved the messages ``seqs`` out of the window, producing
+        ``version``. Only valid when the cached entry is exactly one version behind."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is None:
                 return
             if entry[0] == version - 1:
-                self._entries[session_id] = (
-                    version,
-                    entry[1] + tuple(appended),
-                    time.monotonic() + self.ttl,
-                )
+                self._store(session_id, version, tuple(m for m in entry[1] if m.seq not in seqs))
             else:
-                del self._entries[session_id]
+                self._drop(session_id)
 
     def invalidate(self, session_id: str) -> None:
         with self._lock:
-            self._entries.pop(session_id, None)
+            self._drop(session_id)
+
+    def _drop(self, session_id: str) -> None:
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self.messages -= len(entry[1])
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.messages = 0

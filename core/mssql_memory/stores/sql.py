@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -82,8 +83,10 @@ class SQLStore(SQLBase):
     :meth:`create_schema` or, with ``auto_create`` (default), on first use.
     ``max_messages_per_session`` bounds the active window by count (the oldest
     leave it: archived, or deleted when ``keep_history`` is False). ``cache``
-    (True, a capacity, or a :class:`WindowCache`) caches active windows,
-    validated against the session's version on every read.
+    (default True; a capacity, a :class:`WindowCache`, or False/None for none)
+    keeps active windows of text messages in memory, validated against the
+    session's version on every read: a read still asks the database for the
+    session's record, never serves a window another instance has changed.
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class SQLStore(SQLBase):
         schema: str | None = None,
         max_messages_per_session: int | None = None,
         keep_history: bool = True,
-        cache: WindowCache | bool | int | None = None,
+        cache: WindowCache | bool | int | None = True,
         *,
         token_counter: TokenCounter | None = None,
         auto_create: bool = True,
@@ -289,7 +292,10 @@ class SQLStore(SQLBase):
 
     def _create_session(
         self, conn: Connection, session_id: str, user_id: str | None, now: datetime, **values: Any
-    ) -> None:
+    ) -> int:
+        """Insert the session's row; returns its first version: random, so a session deleted and
+        created again never repeats a version a cache may hold for the old one."""
+        first_version = random.randrange(1, 2**52)
         row = {
             "session_id": session_id,
             "user_id": user_id,
@@ -297,7 +303,7 @@ class SQLStore(SQLBase):
             "message_count": 0,
             "active_count": 0,
             "active_tokens": 0,
-            "version": 1,
+            "version": first_version,
             "created_at": now,
             "updated_at": now,
         }
@@ -306,6 +312,7 @@ class SQLStore(SQLBase):
             conn.execute(insert(self.tables.sessions).values(row))
         except sa_exc.IntegrityError as e:  # a concurrent writer created it: retry the operation
             raise _SessionRace() from e
+        return int(row["version"])
 
     def _lock_or_create(
         self, conn: Connection, session_id: str, user_id: str | None, now: datetime
@@ -356,7 +363,7 @@ class SQLStore(SQLBase):
                 row = conn.execute(self._q_counters, {"p_sid": session_id}).first()
         inserted = fused and row is not None
         if row is None:
-            self._create_session(
+            version = self._create_session(
                 conn,
                 session_id,
                 user_id,
@@ -366,7 +373,7 @@ class SQLStore(SQLBase):
                 active_count=n,
                 active_tokens=tokens,
             )
-            next_seq, version, active_count, active_tokens = n, 1, n, tokens
+            next_seq, active_count, active_tokens = n, n, tokens
             system_tokens = summary_tokens = 0
         else:
             next_seq, version, active_count = row.next_seq, row.version, row.active_count
@@ -671,10 +678,11 @@ class SQLStore(SQLBase):
         finally:
             self._invalidate(session_id)
 
-    def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> bool:
+    def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> int:
+        """Apply ``commit``; the session's new version, or 0 if the session does not exist."""
         row = self._lock_session(conn, session_id, utcnow())
         if row is None:
-            return False
+            return 0
         seqs = sorted({m.seq for m in commit.evict if m.seq is not None})
         if len(seqs) != len(commit.evict):
             raise ValueError("evicted messages must be stored messages with distinct seq")
@@ -714,26 +722,38 @@ class SQLStore(SQLBase):
                 **values,
             )
         )
-        return True
+        return int(row.version)
+
+    def _after_overflow(self, session_id: str, commit: OverflowCommit, version: int) -> bool:
+        if self.cache is not None:
+            if version:
+                self.cache.remove(session_id, version, {m.seq for m in commit.evict})
+            else:
+                self.cache.invalidate(session_id)
+        return bool(version)
 
     def commit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
         """Apply one overflow atomically; False (nothing changed) if its messages already left."""
         validate_id(session_id)
         try:
-            return self._run(lambda c: self._overflow_op(c, session_id, commit))
+            version = self._run(lambda c: self._overflow_op(c, session_id, commit))
         except _Conflict:
-            return False
-        finally:
+            version = 0
+        except BaseException:
             self._invalidate(session_id)
+            raise
+        return self._after_overflow(session_id, commit, version)
 
     async def acommit_overflow(self, session_id: str, commit: OverflowCommit) -> bool:
         validate_id(session_id)
         try:
-            return await self._arun(lambda c: self._overflow_op(c, session_id, commit))
+            version = await self._arun(lambda c: self._overflow_op(c, session_id, commit))
         except _Conflict:
-            return False
-        finally:
+            version = 0
+        except BaseException:
             self._invalidate(session_id)
+            raise
+        return self._after_overflow(session_id, commit, version)
 
     def _replace_op(
         self,
