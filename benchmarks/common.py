@@ -32,6 +32,7 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
 __all__ = [
+    "ALL_BACKENDS",
     "BACKENDS",
     "DEFAULT_URLS",
     "ENV_VARS",
@@ -57,7 +58,10 @@ __all__ = [
     "write_report",
 ]
 
-BACKENDS = ("sqlite", "postgresql", "mariadb", "pgvector")
+#: The message-store benchmarks' default databases.
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+#: Also accepted by name: ``pgvector`` (a private PostgreSQL with the vector extension).
+ALL_BACKENDS = (*BACKENDS, "pgvector")
 #: Server URLs used when the environment variable in :data:`ENV_VARS` is unset.
 #: SQLite defaults to files in a temporary directory (see :func:`resolve_backends`).
 DEFAULT_URLS = {
@@ -259,8 +263,10 @@ def resolve_backends(names: Sequence[str], directory: Path) -> list[Backend]:
     """Backends by name; URLs from :data:`ENV_VARS` or the defaults (SQLite: in ``directory``)."""
     backends = []
     for name in names:
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; expected some of {', '.join(BACKENDS)}")
+        if name not in ALL_BACKENDS:
+            raise ValueError(
+                f"unknown backend {name!r}; expected some of {', '.join(ALL_BACKENDS)}"
+            )
         env = os.environ.get(ENV_VARS[name])
         if name == "sqlite" and not env:
             backends.append(Backend(name, make_url(f"sqlite:///{directory / 'bench.db'}"), False))

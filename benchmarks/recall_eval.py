@@ -58,7 +58,7 @@ from mssql_memory import (
 )
 
 from .common import (
-    BACKENDS,
+    ALL_BACKENDS,
     command_line,
     environment_line,
     markdown_table,
@@ -1009,7 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backend",
         default="sqlite",
-        choices=BACKENDS,
+        choices=ALL_BACKENDS,
         help="database (pgvector: native vector search in PostgreSQL; default: a SQLite file)",
     )
     args = parser.parse_args(argv)
