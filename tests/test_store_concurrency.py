@@ -8,6 +8,7 @@ shared but the database.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -200,3 +201,33 @@ def test_concurrent_trimming_keeps_counters_exact(
     assert [m.status for m in history].count("archived") == 190
     assert (state.message_count, state.active_count) == (200, 10)
     assert state.active_tokens == sum(m.token_count for m in window)
+
+
+@pytest.mark.integration
+def test_reads_under_concurrent_writers_are_one_snapshot(make_store: Any) -> None:
+    """PostgreSQL: reads racing 4 writers on one session never give up (ConcurrencyError) and
+    always return a record and window of the same version (counts agree)."""
+    store = make_store("postgresql", cache=False)
+    store.append("s", [Message("user", "start")])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            while not stop.is_set():
+                store.append("s", [Message("user", "w")])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for w in writers:
+        w.start()
+    try:
+        for _ in range(150):
+            snapshot = store.read_session("s")
+            assert snapshot.state.active_count == len(snapshot.window)
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    assert errors == []

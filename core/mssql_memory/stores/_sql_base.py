@@ -148,6 +148,11 @@ class SQLBase:
         self._schema_ready = False
         self._check_names()
         self._memory_lock = threading.RLock() if self.engines.memory else None
+        # PostgreSQL reads at READ COMMITTED see a new snapshot per statement; a read of the
+        # session row then its window could straddle a commit. REPEATABLE READ gives the whole
+        # read one snapshot (read-only transactions never fail there). InnoDB's default already
+        # does; SQLite reads in one transaction are consistent.
+        self._snapshot_reads = self.engines.dialect.name == "postgresql"
 
     def _check_names(self) -> None:
         """Reject names this database cannot hold, before any SQL runs."""
@@ -197,6 +202,8 @@ class SQLBase:
                     return result
                 if not write:
                     with self.engines.sync.connect() as conn:
+                        if self._snapshot_reads:
+                            conn.execution_options(isolation_level="REPEATABLE READ")
                         return op(conn)
                 with self.engines.sync.begin() as conn:
                     result = op(conn)
@@ -224,6 +231,8 @@ class SQLBase:
             try:
                 if not write:
                     async with engine.connect() as aconn:
+                        if self._snapshot_reads:
+                            await aconn.execution_options(isolation_level="REPEATABLE READ")
                         return await aconn.run_sync(op)
                 async with engine.begin() as aconn:
                     result = await aconn.run_sync(op)
