@@ -31,10 +31,7 @@ from ._convert import (
 
 __all__ = ["DEFAULT_TOKEN_LIMIT", "MSSQLChatMessageHistory", "history_factory"]
 
-#: Budget when neither ``token_limit`` nor ``model`` is given: fits a 16k-context model
-#: with 4k tokens left for the reply.
-
-_TAIL_PROBE = 8  # newest messages read to find a tool call still waiting for its results
+_TAIL_PROBE = 8  # newest window messages searched for a tool call still waiting for its results
 
 
 def _model_name(model: Any) -> str:
@@ -74,7 +71,7 @@ def _with_raw(context: Sequence[Message], recent: Sequence[Message]) -> list[Mes
     The core drops ``raw`` from an edited copy so a framework does not restore
     the unedited text; the adapter instead puts the edited text into the full
     LangChain message (keeping ids, kwargs, images), using the stored original
-    when the probe of the newest messages has it.
+    when the newest messages of the window have it.
     """
     stored = {m.seq: m for m in recent if m.raw is not None}
     out = []
@@ -86,8 +83,15 @@ def _with_raw(context: Sequence[Message], recent: Sequence[Message]) -> list[Mes
     return out
 
 
-def _assemble(context: Sequence[Message], recent: Sequence[Message]) -> list[BaseMessage]:
-    """The LangChain context: the core's, edits kept whole, plus any pending tool call."""
+def _assemble(context: Sequence[Message], window: Sequence[Message]) -> list[BaseMessage]:
+    """The LangChain context: the core's, edits kept whole, plus any pending tool call.
+
+    ``window`` is the active window the context was built from (same snapshot); only its
+    newest messages are searched, unless they start inside a tool call's results.
+    """
+    recent = window[-_TAIL_PROBE:]
+    if _probe_too_short(recent):
+        recent = window
     return to_langchain_messages([*_with_raw(context, recent), *_pending_tail(context, recent)])
 
 
@@ -197,19 +201,11 @@ class MSSQLChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The managed context to send to the model, as LangChain messages."""
-        context = self.memory.get(self.session_id)
-        recent = self.memory.store.get_window(self.session_id, limit=_TAIL_PROBE)
-        if _probe_too_short(recent):
-            recent = self.memory.store.get_window(self.session_id)
-        return _assemble(context, recent)
+        return _assemble(*self.memory.get_with_window(self.session_id))
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Async :attr:`messages` (native async with an async engine)."""
-        context = await self.memory.aget(self.session_id)
-        recent = await self.memory.store.aget_window(self.session_id, limit=_TAIL_PROBE)
-        if _probe_too_short(recent):
-            recent = await self.memory.store.aget_window(self.session_id)
-        return _assemble(context, recent)
+        return _assemble(*await self.memory.aget_with_window(self.session_id))
 
     def get_full_history(self) -> list[BaseMessage]:
         """Every message of the session in order, archived and summarized ones included."""

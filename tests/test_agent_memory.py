@@ -303,6 +303,24 @@ def test_oversized_message_is_cut_in_the_context_only(make_store: Any, backend: 
     assert stored.content == text
 
 
+@pytest.mark.parametrize("backend", backend_params(("memory", "sqlite", "postgresql")))
+async def test_get_with_window_is_one_snapshot(make_store: Any, backend: str) -> None:
+    """The context equals get()'s and the window is the whole active window it came from,
+    the originals of edited (cut) messages included."""
+    memory = AgentMemory(make_store(backend), token_limit=60)
+    text = " ".join(f"word{i}" for i in range(400))
+    memory.add(
+        SESSION, [Message("user", "hello"), Message("assistant", "hi"), Message("user", text)]
+    )
+    context, window = memory.get_with_window(SESSION)
+    assert context == memory.get(SESSION)
+    assert window == memory.store.get_window(SESSION)
+    assert window[-1].content == text  # Trim evicted the rest: the window is past the budget
+    assert context[-1].content.endswith("[truncated]") and context[-1].seq == window[-1].seq
+    assert await memory.aget_with_window(SESSION) == (context, window)
+    assert memory.get_with_window("no-such-session") == ([], [])
+
+
 def test_long_summary_and_grown_system_message_still_fit() -> None:
     """A wordy summarizer plus a system message grown afterwards: the context still fits."""
     store = InMemoryStore(max_messages_per_session=None, keep_history=True)

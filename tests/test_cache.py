@@ -285,3 +285,45 @@ def test_own_overflow_keeps_the_cache_warm_and_correct(make_store: Any) -> None:
     assert contents(uncached.get_window("s")) == ["b", "c", "d"]
     assert not store.commit_overflow("s", OverflowCommit(evict=[first]))  # already gone
     assert contents(store.get_window("s")) == ["b", "c", "d"]
+
+
+def test_a_tail_is_served_for_smaller_limits_never_as_the_whole_window() -> None:
+    """A cached tail answers ``limit <= its length`` at its version; the whole window comes
+    only from a complete entry; an own append slides the tail (same length, newest)."""
+    cache = WindowCache()
+    cache.put_tail("s", 5, window("c", "d", "e"))
+    assert cache.get("s", 5) is None
+    assert contents(cache.get_tail("s", 5, 2)) == ["d", "e"]
+    assert contents(cache.get_tail("s", 5, 3)) == ["c", "d", "e"]
+    assert cache.get_tail("s", 5, 4) is None
+    assert cache.get_tail("s", 6, 2) is None
+    cache.extend("s", 6, [Message("user", "f", seq=9)])
+    assert contents(cache.get_tail("s", 6, 3)) == ["d", "e", "f"]
+    assert cache.messages == 3
+    cache.put("s", 6, window("a", "b", "c", "d", "e", "f"))
+    cache.put_tail("s", 6, window("e", "f"))  # never replaces the whole window of its version
+    assert contents(cache.get("s", 6)) == ["a", "b", "c", "d", "e", "f"]
+    assert contents(cache.get_tail("s", 6, 10)) == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_limited_window_reads_hit_the_cache_and_see_other_writers(make_store: Any) -> None:
+    """get_window(limit=n) on a hot session is one statement (the version), returns exactly
+    what the database holds, and is never stale after another instance writes."""
+    a = make_store("sqlite", cache=True)
+    b = make_store("sqlite", cache=True, table_name=a.table_name)
+    a.append("s", [Message("user", str(i)) for i in range(10)])
+    counter = StatementCounter(a)
+    cold, cold_statements = counter.during(lambda: a.get_window("s", limit=4))
+    warm, warm_statements = counter.during(lambda: a.get_window("s", limit=3))
+    assert contents(cold) == ["6", "7", "8", "9"] and contents(warm) == ["7", "8", "9"]
+    assert (cold_statements, warm_statements) == (2, 1)
+    a.append("s", [Message("user", "10")])
+    assert contents(a.get_window("s", limit=4)) == ["7", "8", "9", "10"]
+    b.append("s", [Message("user", "11")])
+    assert contents(a.get_window("s", limit=2)) == ["10", "11"]
+    assert contents(a.get_window("s")) == [str(i) for i in range(12)]
+    short = a.get_window("t", limit=5)
+    assert short == []
+    a.append("t", [Message("user", "x")])
+    assert contents(a.get_window("t", limit=5)) == ["x"]
+    assert contents(a.get_window("t")) == ["x"]  # fewer rows than the limit: the whole window

@@ -266,6 +266,16 @@ class AgentMemory:
 
     def get(self, session_id: str, query: str | None = None) -> list[Message]:
         """The context for the next model call, within budget. Cost O(window)."""
+        return self.get_with_window(session_id, query)[0]
+
+    async def aget(self, session_id: str, query: str | None = None) -> list[Message]:
+        return (await self.aget_with_window(session_id, query))[0]
+
+    def get_with_window(
+        self, session_id: str, query: str | None = None
+    ) -> tuple[list[Message], list[Message]]:
+        """The context (as :meth:`get`) and the whole active window it was built from, both
+        from one read of the session (for adapters that need the stored originals)."""
         validate_id(session_id)
         snapshot = self.store.read_session(session_id)
         memory_text = None
@@ -287,9 +297,11 @@ class AgentMemory:
                 except StopIteration:
                     break
             memory_text = render_memory(sections, self.token_counter, self.memory_token_limit)
-        return self._assemble(snapshot, memory_text)
+        return self._assemble(snapshot, memory_text), snapshot.window
 
-    async def aget(self, session_id: str, query: str | None = None) -> list[Message]:
+    async def aget_with_window(
+        self, session_id: str, query: str | None = None
+    ) -> tuple[list[Message], list[Message]]:
         validate_id(session_id)
         snapshot = await self.store.aread_session(session_id)
         memory_text = None
@@ -315,7 +327,7 @@ class AgentMemory:
                 except StopIteration:
                     break
             memory_text = render_memory(sections, self.token_counter, self.memory_token_limit)
-        return self._assemble(snapshot, memory_text)
+        return self._assemble(snapshot, memory_text), snapshot.window
 
     def history(self, session_id: str) -> list[Message]:
         """Every message of the session, archived and summarized ones included."""

@@ -7,6 +7,9 @@ window query (the heavy read) by the session-row read that happens anyway; it
 never skips the database entirely. ``ttl`` bounds how long an idle entry uses
 memory, it is not a staleness allowance.
 
+An entry holds either the whole window or only its newest messages (a *tail*, cached by
+``get_window(limit=n)``); a tail is never served as a whole window.
+
 Only windows of text messages are cached (no tool calls, metadata or framework
 form: see :func:`~mssql_memory.messages.shareable`): those messages are fully
 immutable, so handing the same objects to every reader is safe. Other windows
@@ -18,10 +21,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ..messages import Message, shareable
 
 __all__ = ["WindowCache"]
+
+
+class _Entry(NamedTuple):
+    version: int
+    window: tuple[Message, ...]
+    expires: float
+    complete: bool  # the whole active window, not only its newest messages
 
 
 class WindowCache:
@@ -42,50 +53,75 @@ class WindowCache:
         self.ttl = float(ttl)
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[str, tuple[int, tuple[Message, ...], float]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, session_id: str, version: int) -> list[Message] | None:
-        """The cached window if it was cached at exactly ``version``."""
+        """The whole cached window if it was cached at exactly ``version``."""
+        return self._hit(session_id, version, None)
+
+    def get_tail(self, session_id: str, version: int, limit: int) -> list[Message] | None:
+        """The newest ``limit`` messages of the window at exactly ``version``, if cached."""
+        return self._hit(session_id, version, limit)
+
+    def _hit(self, session_id: str, version: int, limit: int | None) -> list[Message] | None:
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(session_id)
-            if entry is None or entry[0] != version or entry[2] < now:
+            if (
+                entry is None
+                or entry.version != version
+                or entry.expires < now
+                or not (entry.complete or (limit is not None and len(entry.window) >= limit))
+            ):
                 self.misses += 1
                 return None
-            self._entries[session_id] = (entry[0], entry[1], now + self.ttl)
+            self._entries[session_id] = entry._replace(expires=now + self.ttl)
             self._entries.move_to_end(session_id)
             self.hits += 1
-            return list(entry[1])
+            if limit is None or limit >= len(entry.window):
+                return list(entry.window)
+            return list(entry.window[len(entry.window) - limit :])
 
     @staticmethod
     def _frozen(messages: list[Message]) -> tuple[Message, ...] | None:
         frozen = [shareable(m) for m in messages]
         return None if any(m is None for m in frozen) else tuple(frozen)  # type: ignore[misc]
 
-    def _store(self, session_id: str, version: int, window: tuple[Message, ...]) -> None:
+    def _store(
+        self, session_id: str, version: int, window: tuple[Message, ...], complete: bool
+    ) -> None:
         """Install an entry (the lock held), evicting the least recently used beyond bounds."""
-        old = self._entries.pop(session_id, None)
-        if old is not None:
-            self.messages -= len(old[1])
+        self._drop(session_id)
         if len(window) > self.max_messages:
             return
-        self._entries[session_id] = (version, window, time.monotonic() + self.ttl)
+        expires = time.monotonic() + self.ttl
+        self._entries[session_id] = _Entry(version, window, expires, complete)
         self.messages += len(window)
         while len(self._entries) > self.capacity or self.messages > self.max_messages:
-            _, (_, dropped, _) = self._entries.popitem(last=False)
-            self.messages -= len(dropped)
+            _, dropped = self._entries.popitem(last=False)
+            self.messages -= len(dropped.window)
 
     def put(self, session_id: str, version: int, window: list[Message]) -> None:
+        """Cache the whole active window as read at ``version``."""
+        self._put(session_id, version, window, complete=True)
+
+    def put_tail(self, session_id: str, version: int, tail: list[Message]) -> None:
+        """Cache the newest messages of the window as read at ``version``."""
+        self._put(session_id, version, tail, complete=False)
+
+    def _put(self, session_id: str, version: int, window: list[Message], complete: bool) -> None:
         frozen = self._frozen(window)
         with self._lock:
             current = self._entries.get(session_id)
-            if current is not None and current[0] > version:
+            if current is not None and current.version > version:
                 return  # never replace a newer entry with an older read
+            if current is not None and current.version == version and current.complete:
+                return  # the whole window already, at this version
             if frozen is None:
                 self._drop(session_id)
             else:
-                self._store(session_id, version, frozen)
+                self._store(session_id, version, frozen, complete)
 
     def extend(self, session_id: str, version: int, appended: list[Message]) -> None:
         """Record an append made by this instance (``version`` is the version it produced).
@@ -98,8 +134,11 @@ class WindowCache:
             entry = self._entries.get(session_id)
             if entry is None:
                 return
-            if entry[0] == version - 1 and frozen is not None:
-                self._store(session_id, version, entry[1] + frozen)
+            if entry.version == version - 1 and frozen is not None:
+                window = entry.window + frozen
+                if not entry.complete:  # a tail stays as long as it was: the newest messages
+                    window = window[len(frozen) :]
+                self._store(session_id, version, window, entry.complete)
             else:
                 self._drop(session_id)
 
@@ -110,8 +149,9 @@ class WindowCache:
             entry = self._entries.get(session_id)
             if entry is None:
                 return
-            if entry[0] == version - 1:
-                self._store(session_id, version, tuple(m for m in entry[1] if m.seq not in seqs))
+            if entry.version == version - 1:
+                kept = tuple(m for m in entry.window if m.seq not in seqs)
+                self._store(session_id, version, kept, entry.complete)
             else:
                 self._drop(session_id)
 
@@ -122,7 +162,7 @@ class WindowCache:
     def _drop(self, session_id: str) -> None:
         entry = self._entries.pop(session_id, None)
         if entry is not None:
-            self.messages -= len(entry[1])
+            self.messages -= len(entry.window)
 
     def clear(self) -> None:
         with self._lock:

@@ -64,6 +64,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_IN_TRANSACTION = 1  # MySQL's SERVER_STATUS_IN_TRANS flag
+
+
+def _rollback_if_open(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    """Pool reset for PyMySQL: ROLLBACK only if a transaction may still be open.
+
+    PyMySQL sends ROLLBACK to the server even when nothing is open, and the pool's
+    default reset costs that round trip after every committed transaction. The
+    server reports whether a transaction is open in every reply, so a connection
+    whose last reply says "none" is already clean; an unknown status still rolls back.
+    """
+    if state.transaction_was_reset:
+        return
+    status = getattr(dbapi_connection, "server_status", None)
+    if isinstance(status, int) and not status & _IN_TRANSACTION:
+        return
+    dbapi_connection.rollback()
+
+
 def _engine_kwargs(url: URL) -> dict[str, Any]:
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -73,7 +92,13 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
         return kwargs
     # No pre-ping (it costs a round trip per checkout): a dead pooled connection
     # is detected by the statement that uses it, and the operation is retried.
+    if _is_pymysql(url):
+        return {"pool_reset_on_return": None}  # _rollback_if_open resets instead
     return {}
+
+
+def _is_pymysql(url: URL) -> bool:
+    return url.get_backend_name() in ("mysql", "mariadb") and url.get_driver_name() == "pymysql"
 
 
 def _with_defaults(url: URL) -> URL:
@@ -101,9 +126,11 @@ def _create(url: URL, use_async: bool) -> Engine | AsyncEngine:
             f"the driver for {url.drivername} cannot be loaded: {e}{hint}; "
             f"pip install 'mssql-agent-memory[{extra}]'"
         ) from e
+    sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if url.get_backend_name() == "sqlite" and not is_memory_sqlite(url):
-        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         event.listen(sync, "connect", _sqlite_pragmas)
+    if _is_pymysql(url):
+        event.listen(sync.pool, "reset", _rollback_if_open)
     return engine
 
 

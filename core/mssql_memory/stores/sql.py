@@ -171,6 +171,14 @@ class SQLStore(SQLBase):
             .where(m.c.session_id == sid, m.c.status == "active")
             .order_by(m.c.seq)
         )
+        self._q_tail_versioned = (
+            select(m.c.seq, m.c.payload, m.c.token_count, m.c.status, s.c.version)
+            .select_from(m.join(s, s.c.session_id == m.c.session_id))
+            .where(m.c.session_id == sid, m.c.status == "active")
+            .order_by(m.c.seq.desc())
+            .limit(bindparam("p_limit", type_=Integer, literal_execute=True))
+        )
+        self._q_version = select(s.c.version).where(s.c.session_id == sid)
         self._q_history = (
             select(m.c.seq, m.c.payload, m.c.token_count, m.c.status)
             .where(m.c.session_id == sid)
@@ -493,6 +501,29 @@ class SQLStore(SQLBase):
         rows = conn.execute(self._q_window_tail, {"p_sid": session_id, "p_limit": limit}).all()
         return self._rows_to_messages(reversed(rows))
 
+    def _cached_tail_op(self, conn: Connection, session_id: str, limit: int) -> list[Message]:
+        """The newest ``limit`` messages, from the cache when it holds them at the session's
+        current version (the tail query carries the version it saw, as in :meth:`_read_op`)."""
+        assert self.cache is not None
+        for _ in range(_READ_ATTEMPTS):
+            version = conn.execute(self._q_version, {"p_sid": session_id}).scalar()
+            if version is None:
+                return []
+            cached = self.cache.get_tail(session_id, version, limit)
+            if cached is not None:
+                return cached
+            params = {"p_sid": session_id, "p_limit": limit}
+            rows = conn.execute(self._q_tail_versioned, params).all()
+            if rows and rows[0].version != version:
+                continue  # torn read: another instance committed in between
+            tail = self._rows_to_messages(r[:4] for r in reversed(rows))
+            if len(rows) < limit:
+                self.cache.put(session_id, version, tail)  # the whole window
+            else:
+                self.cache.put_tail(session_id, version, tail)
+            return tail
+        raise ConcurrencyError("the session kept changing while it was being read")
+
     def _read_op(self, conn: Connection, session_id: str) -> SessionSnapshot:
         """Record and window of one version: the window query carries the version it saw,
         and a write committed between the two statements makes us read both again."""
@@ -528,6 +559,8 @@ class SQLStore(SQLBase):
         limit = check_limit(limit)
         if self.cache is not None and limit is None:
             return self.read_session(session_id).window
+        if self.cache is not None and limit:
+            return self._run(lambda c: self._cached_tail_op(c, session_id, limit), write=False)
         return self._run(lambda c: self._window_op(c, session_id, limit), write=False)
 
     async def aget_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
@@ -535,6 +568,10 @@ class SQLStore(SQLBase):
         limit = check_limit(limit)
         if self.cache is not None and limit is None:
             return (await self.aread_session(session_id)).window
+        if self.cache is not None and limit:
+            return await self._arun(
+                lambda c: self._cached_tail_op(c, session_id, limit), write=False
+            )
         return await self._arun(lambda c: self._window_op(c, session_id, limit), write=False)
 
     def _history_op(self, conn: Connection, session_id: str) -> list[Message]:
