@@ -60,6 +60,7 @@ from .common import (
     command_line,
     environment_line,
     fmt_ms,
+    kept_notes,
     markdown_table,
     parse_list,
     percentile,
@@ -301,17 +302,6 @@ def server_version(backend: Backend) -> str:
         return raw.server_version()
     finally:
         raw.close()
-
-
-NOTES_MARKER = "<!-- notes below are kept when the benchmark rewrites this file -->"
-
-
-def kept_notes(path: Path) -> str:
-    """The hand-written part of an existing report (after :data:`NOTES_MARKER`)."""
-    if not path.exists():
-        return ""
-    text = path.read_text(encoding="utf-8")
-    return "\n\n" + NOTES_MARKER + text.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in text else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -384,6 +384,17 @@ def environment_line(server_versions: Sequence[str] = ()) -> str:
     return ", ".join(parts)
 
 
+NOTES_MARKER = "<!-- notes below are kept when the benchmark rewrites this file -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of an existing report (after :data:`NOTES_MARKER`)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    return "\n\n" + NOTES_MARKER + text.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in text else ""
+
+
 def write_report(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` (parent directories created)."""
     out = Path(path)

@@ -61,6 +61,7 @@ from .common import (
     ALL_BACKENDS,
     command_line,
     environment_line,
+    kept_notes,
     markdown_table,
     resolve_backends,
     workdir,
@@ -985,17 +986,6 @@ def report(run: Run, data: list[Conversation], extra: str = "", backend: str = "
         lines += [extra, ""]
     lines.append(f"Run time: {run.seconds:.0f} s.")
     return "\n".join(lines)
-
-
-NOTES_MARKER = "<!-- notes below are kept when the benchmark rewrites this file -->"
-
-
-def kept_notes(path: Path) -> str:
-    """The hand-written part of an existing report (after :data:`NOTES_MARKER`)."""
-    if not path.exists():
-        return ""
-    text = path.read_text(encoding="utf-8")
-    return "\n\n" + NOTES_MARKER + text.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in text else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from mssql_memory import Message, SQLStore, WindowCache
+from mssql_memory import Message, SQLStore, ToolCall, WindowCache
 from mssql_memory.stores import cache as cache_module
 from mssql_memory.stores.base import OverflowCommit
 from sqlalchemy import event
@@ -225,9 +225,10 @@ def test_a_session_deleted_and_recreated_elsewhere_is_never_served_stale(make_st
     assert contents(a.get_window("s")) == ["new 1", "new 2"]
 
 
-def test_only_immutable_text_messages_are_cached_and_shared(make_store: Any) -> None:
-    """Windows holding tool calls or metadata are read from the database each time; cached
-    messages cannot be changed by a caller, and a caller's own objects are never cached."""
+def test_cached_messages_cannot_be_changed_by_a_reader(make_store: Any) -> None:
+    """Text messages are shared read-only; messages with metadata, tool calls or a raw form
+    are cached too but rebuilt for every reader (equal to a database read); a caller's own
+    objects are never cached."""
     store = make_store("sqlite")
     mine = Message("user", "hello")
     store.append("s", [mine])
@@ -237,13 +238,30 @@ def test_only_immutable_text_messages_are_cached_and_shared(make_store: Any) -> 
     assert cached.metadata == {} and store.cache.hits >= 1
     with pytest.raises(TypeError):
         first[0].metadata["x"] = 1  # type: ignore[index]
-    store.append("t", [Message("user", "with metadata", metadata={"k": 1})])
+    call = ToolCall("c1", "lookup", {"q": ["a", 1]})
+    rich = [
+        Message("user", "with metadata", metadata={"k": {"n": 1}}),
+        Message("assistant", "", tool_calls=(call,), raw={"kind": "ai", "x": [1.5, None]}),
+        Message("tool", "result", tool_call_id="c1", source="fw", raw={"t": (1, 2)}),
+    ]
+    store.append("t", rich)
+    uncached = make_store("sqlite", table_name=store.table_name, cache=False)
+    from_db = uncached.get_window("t")
+    assert store.get_window("t") == from_db  # the miss that fills the cache
     counter = StatementCounter(store)
     for _ in range(2):
-        (m,), statements = counter.during(lambda: store.get_window("t"))
-        assert statements == 2 and m.metadata == {"k": 1}  # version check + window, each time
-    m.metadata["k"] = 2
-    assert store.get_window("t")[0].metadata == {"k": 1}
+        got, statements = counter.during(lambda: store.get_window("t"))
+        assert statements == 1 and got == from_db  # a hit, equal to what the database holds
+        got[0].metadata["k"]["n"] = 2
+        got[1].tool_calls[0].arguments["q"].append("b")
+        got[1].raw["x"].clear()
+        got[2].raw["t"].append(3)
+    assert store.get_window("t") == from_db == uncached.get_window("t")
+    assert store.get_window("t")[2].raw == {"t": [1, 2]}  # as JSON stores it (a list)
+    mine = Message("user", "mine", metadata={"k": [1]})
+    store.append("t", [mine])
+    mine.metadata["k"].append(2)  # the caller's object, after the append
+    assert store.get_window("t")[-1].metadata == {"k": [1]}
 
 
 def test_max_messages_bounds_what_the_cache_holds() -> None:

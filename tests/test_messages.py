@@ -20,7 +20,7 @@ from mssql_memory import (
     message_to_dict,
     message_to_json,
 )
-from mssql_memory.messages import coerce_messages
+from mssql_memory.messages import FrozenMessage, coerce_messages, freeze
 
 # -- strategies -----------------------------------------------------------------------------
 
@@ -206,3 +206,32 @@ def _close_property_store() -> Any:
     for store in _STORE:
         store.close()
     _STORE.clear()
+
+
+def test_freeze_and_thaw_give_what_the_payload_decodes_to() -> None:
+    """Every field survives freeze/thaw; thawed parts are new objects each time, equal to a
+    decode of the stored payload; a text message is shared as is; non-JSON parts refuse."""
+    message = Message(
+        "assistant",
+        "calling",
+        name="bot",
+        tool_calls=(ToolCall("c1", "search", {"q": ["x"]}), ToolCall("c2", "f", "{}")),
+        tool_call_id=None,
+        metadata={"k": {"n": 1}},
+        token_count=7,
+        source="fw",
+        raw={"type": "ai", "t": (1, 2)},
+        seq=4,
+        status="archived",
+    )
+    frozen = freeze(message)
+    assert isinstance(frozen, FrozenMessage) and frozen.seq == 4
+    decoded = message_from_json(message_to_json(message), seq=4, status="archived", token_count=7)
+    first, second = frozen.thaw(), frozen.thaw()
+    assert first == second == decoded
+    assert first.raw is not second.raw and first.metadata is not second.metadata
+    assert first.tool_calls[0].arguments is not second.tool_calls[0].arguments
+    text = message_from_json(message_to_json(Message("user", "hi")))
+    assert freeze(text) is text
+    assert freeze(Message("user", "x", raw={"f": float("nan")})) is None
+    assert freeze(Message("user", "x", metadata={"o": object()})) is None

@@ -184,10 +184,7 @@ class Message:
         """A copy with ``changes`` applied (the record itself is immutable)."""
         if changes.keys() <= _STORE_FIELDS and _store_values_valid(changes):
             # the fields a store assigns, checked here: copy without re-validating the rest
-            copy = _new(Message)
-            for name in _FIELD_NAMES:
-                _set(copy, name, changes[name] if name in changes else getattr(self, name))
-            return copy
+            return _copy(self, **changes)
         return replace(self, **changes)
 
     @property
@@ -358,7 +355,63 @@ def shareable(message: Message) -> Message | None:
         return None
     if message.metadata is NO_METADATA:
         return message
-    return replace(message, metadata=NO_METADATA)
+    return _copy(message, metadata=NO_METADATA)
+
+
+class FrozenMessage:
+    """An immutable copy of a message with mutable parts (raw form, metadata, tool calls):
+    the message without them plus their JSON text. :meth:`thaw` builds a new message with
+    new parts each time, equal to what decoding the stored payload gives."""
+
+    __slots__ = ("_bare", "_parts")
+
+    def __init__(self, bare: Message, parts: str) -> None:
+        self._bare, self._parts = bare, parts
+
+    @property
+    def seq(self) -> int | None:
+        return self._bare.seq
+
+    def thaw(self) -> Message:
+        raw, metadata, calls = _loads(self._parts)
+        b = self._bare
+        m = _new(Message)
+        _set(m, "role", b.role)
+        _set(m, "content", b.content)
+        _set(m, "name", b.name)
+        _set(m, "tool_calls", tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in calls))
+        _set(m, "tool_call_id", b.tool_call_id)
+        _set(m, "id", b.id)
+        _set(m, "metadata", metadata)
+        _set(m, "created_at", b.created_at)
+        _set(m, "token_count", b.token_count)
+        _set(m, "source", b.source)
+        _set(m, "raw", raw)
+        _set(m, "seq", b.seq)
+        _set(m, "status", b.status)
+        return m
+
+
+def freeze(message: Message) -> Message | FrozenMessage | None:
+    """``message`` as something a cache can hold and hand out safely: the message itself
+    when it is :func:`shareable`, else a :class:`FrozenMessage`; None if not JSON."""
+    plain = shareable(message)
+    if plain is not None:
+        return plain
+    parts = [message.raw, dict(message.metadata), [tc.to_dict() for tc in message.tool_calls]]
+    try:
+        text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return FrozenMessage(_copy(message, raw=None, metadata=NO_METADATA, tool_calls=()), text)
+
+
+def _copy(message: Message, **changes: Any) -> Message:
+    """A copy with ``changes`` (values already valid), without re-running the checks."""
+    copy = _new(Message)
+    for name in _FIELD_NAMES:
+        _set(copy, name, changes[name] if name in changes else getattr(message, name))
+    return copy
 
 
 def message_from_json(

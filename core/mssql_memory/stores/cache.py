@@ -10,10 +10,11 @@ memory, it is not a staleness allowance.
 An entry holds either the whole window or only its newest messages (a *tail*, cached by
 ``get_window(limit=n)``); a tail is never served as a whole window.
 
-Only windows of text messages are cached (no tool calls, metadata or framework
-form: see :func:`~mssql_memory.messages.shareable`): those messages are fully
-immutable, so handing the same objects to every reader is safe. Other windows
-are read from the database each time.
+Text messages (no tool calls, metadata or framework form: see
+:func:`~mssql_memory.messages.shareable`) are fully immutable, so every reader gets
+the same objects. A message with mutable parts is held as a
+:class:`~mssql_memory.messages.FrozenMessage` and rebuilt for each reader, so no
+caller can change what another reads; one that is not JSON keeps its window out.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import time
 from collections import OrderedDict
 from typing import NamedTuple
 
-from ..messages import Message, shareable
+from ..messages import FrozenMessage, Message, freeze
 
 __all__ = ["WindowCache"]
 
 
 class _Entry(NamedTuple):
     version: int
-    window: tuple[Message, ...]
+    window: tuple[Message | FrozenMessage, ...]
     expires: float
     complete: bool  # the whole active window, not only its newest messages
 
@@ -79,17 +80,22 @@ class WindowCache:
             self._entries[session_id] = entry._replace(expires=now + self.ttl)
             self._entries.move_to_end(session_id)
             self.hits += 1
-            if limit is None or limit >= len(entry.window):
-                return list(entry.window)
-            return list(entry.window[len(entry.window) - limit :])
+            window = entry.window
+            if limit is not None and limit < len(window):
+                window = window[len(window) - limit :]
+        return [m if type(m) is Message else m.thaw() for m in window]  # type: ignore[union-attr]
 
     @staticmethod
-    def _frozen(messages: list[Message]) -> tuple[Message, ...] | None:
-        frozen = [shareable(m) for m in messages]
+    def _frozen(messages: list[Message]) -> tuple[Message | FrozenMessage, ...] | None:
+        frozen = [freeze(m) for m in messages]
         return None if any(m is None for m in frozen) else tuple(frozen)  # type: ignore[misc]
 
     def _store(
-        self, session_id: str, version: int, window: tuple[Message, ...], complete: bool
+        self,
+        session_id: str,
+        version: int,
+        window: tuple[Message | FrozenMessage, ...],
+        complete: bool,
     ) -> None:
         """Install an entry (the lock held), evicting the least recently used beyond bounds."""
         self._drop(session_id)
