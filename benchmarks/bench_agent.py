@@ -47,6 +47,7 @@ from .common import (
     fmt_ms,
     fmt_ratio,
     interleave,
+    log,
     markdown_table,
     parse_list,
     probe,
@@ -54,6 +55,7 @@ from .common import (
     summarize,
     unique_name,
     utcnow,
+    words,
     workdir,
     write_report,
 )
@@ -68,22 +70,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "agent.md"
 TURN = "turn (get + 2 adds)"
 GET = "get (context)"
 OPS = (TURN, GET)
-
-_WORDS = (
-    "the policy allows employees to carry over up to five days of annual leave into the "
-    "next calendar year provided their manager approves the request before december "
-    "remote work is permitted two days per week for roles that do not require on site "
-    "presence parental leave is sixteen weeks at full pay please check the handbook"
-).split()
-
-
-def words(rng: random.Random) -> str:
-    """A chat message of 20 to 80 words (about 25 to 100 tokens)."""
-    return " ".join(rng.choices(_WORDS, k=rng.randint(20, 80)))
-
-
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 class RawTurns:
@@ -235,7 +221,7 @@ def bench_size(
             seen["window"],
         )
         results.append(result)
-        _log(
+        log(
             f"{backend} N={size} {op}: ours {fmt_ms(result.ours.median_ms)} ms, raw "
             f"{fmt_ms(result.raw.median_ms)} ms "
             f"({fmt_ratio(result.ours.median_ms, result.raw.median_ms)}), "
@@ -259,7 +245,7 @@ def run_backend(backend: Backend, sizes: Sequence[int], repeat: int) -> tuple[li
         for size in sizes:
             started = time.perf_counter()
             results += bench_size(memory, raw, backend.name, size, repeat, rng)
-            _log(f"{backend.name} N={size}: {time.perf_counter() - started:.1f} s")
+            log(f"{backend.name} N={size}: {time.perf_counter() - started:.1f} s")
     return results, version
 
 
@@ -357,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = probe(backend)
             if reason is not None:
                 skipped.append(f"{backend.name} ({backend.display_url()}): {reason}")
-                _log(f"skipping {backend.name}: {reason}")
+                log(f"skipping {backend.name}: {reason}")
                 continue
             backend_results, version = run_backend(backend, sizes, repeat)
             results += backend_results
@@ -365,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(results, repeat, versions, skipped)
     print(report)
     if out is not None:
-        _log(f"wrote {write_report(out, report)}")
+        log(f"wrote {write_report(out, report)}")
     return 0 if results else 1
 
 

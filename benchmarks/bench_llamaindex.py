@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
@@ -50,10 +49,12 @@ from .common import (
     fmt_ms,
     fmt_ratio,
     interleave,
+    log,
     markdown_table,
     parse_list,
     summarize,
     unique_name,
+    words,
     workdir,
     write_report,
 )
@@ -70,17 +71,6 @@ READ = "read context (aget)"
 SYSTEMS = ("core", "adapter", "li-memory/ours", "li-memory/peer")
 _PEER_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 
-_WORDS = (
-    "the policy allows employees to carry over up to five days of annual leave into the "
-    "next calendar year provided their manager approves the request before december "
-    "remote work is permitted two days per week for roles that do not require on site "
-    "presence parental leave is sixteen weeks at full pay please check the handbook"
-).split()
-
-
-def words(rng: random.Random) -> str:
-    return " ".join(rng.choices(_WORDS, k=rng.randint(20, 80)))
-
 
 @dataclass(frozen=True)
 class Result:
@@ -89,10 +79,6 @@ class Result:
     op: str
     stats: dict[str, Stats]
     context: dict[str, int]
-
-
-def _log(text_: str) -> None:
-    print(text_, file=sys.stderr, flush=True)
 
 
 class Systems:
@@ -237,8 +223,8 @@ def run_backend(backend: Backend, sizes: Sequence[int], repeat: int, peer: bool)
             for r in bench_size(systems, size, repeat, rng):
                 out.append(Result(backend.name, r.size, r.op, r.stats, r.context))
                 line = ", ".join(f"{name} {fmt_ms(s.median_ms)} ms" for name, s in r.stats.items())
-                _log(f"{backend.name} N={size} {r.op}: {line}")
-            _log(f"{backend.name} N={size}: {time.perf_counter() - started:.1f} s")
+                log(f"{backend.name} N={size} {r.op}: {line}")
+            log(f"{backend.name} N={size}: {time.perf_counter() - started:.1f} s")
     return out
 
 
@@ -321,16 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     versions: list[str] = []
     with workdir() as directory:
-        for backend, version in available_backends(args.backends, directory, _log):
+        for backend, version in available_backends(args.backends, directory, log):
             versions.append(version)
             results += run_backend(backend, sizes, repeat, peer=not args.no_peer)
     if not results:
-        _log("no backend available")
+        log("no backend available")
         return 1
     report = render(results, repeat, versions)
     print(report)
     if out is not None:
-        _log(f"wrote {write_report(out, report)}")
+        log(f"wrote {write_report(out, report)}")
     return 0
 
 

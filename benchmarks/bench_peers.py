@@ -64,6 +64,7 @@ from .common import (
     environment_line,
     fmt_ms,
     interleave_capped,
+    log,
     markdown_table,
     parse_list,
     probe,
@@ -71,6 +72,7 @@ from .common import (
     summarize,
     unique_name,
     utcnow,
+    words,
     workdir,
     write_report,
 )
@@ -105,22 +107,6 @@ _SERVER_GONE = re.compile(
     r"database unavailable|can't connect",
     re.IGNORECASE,
 )
-
-_WORDS = (
-    "the policy allows employees to carry over up to five days of annual leave into the "
-    "next calendar year provided their manager approves the request before december "
-    "remote work is permitted two days per week for roles that do not require on site "
-    "presence parental leave is sixteen weeks at full pay please check the handbook"
-).split()
-
-
-def words(rng: random.Random) -> str:
-    """A chat message of 20 to 80 words (about 25 to 100 tokens)."""
-    return " ".join(rng.choices(_WORDS, k=rng.randint(20, 80)))
-
-
-def _log(text_: str) -> None:
-    print(text_, file=sys.stderr, flush=True)
 
 
 def _short(error: BaseException) -> str:
@@ -214,7 +200,7 @@ class Env:
                 if inspect(conn).has_table(table):
                     conn.execute(text(f"DROP TABLE {table}"))
         except Exception as e:
-            _log(f"{self.name}: could not drop {table}: {_short(e)}")
+            log(f"{self.name}: could not drop {table}: {_short(e)}")
         finally:
             engine.dispose()
 
@@ -963,7 +949,7 @@ def timed_cells(
         f"{c.system} {fmt_ms(c.stats.median_ms)}" if c.stats else f"{c.system} {c.note}"
         for c in cells
     )
-    _log(f"{backend} {workload}{f' N={size:,}' if size else ''}: {line} ms")
+    log(f"{backend} {workload}{f' N={size:,}' if size else ''}: {line} ms")
     return cells
 
 
@@ -1004,7 +990,7 @@ def w1_w2_size(
         fill_to(system, sid, size, rngs[name])
         took[name] = time.perf_counter() - t0
     spent = ", ".join(f"{name} {t:.1f}" for name, t in took.items())
-    _log(f"{env.name}: filled {sid} in {time.perf_counter() - started:.1f} s ({spent})")
+    log(f"{env.name}: filled {sid} in {time.perf_counter() - started:.1f} s ({spent})")
     reads = {name: (lambda s=s: s.context(sid)) for name, s in systems.items()}
     timed_cells(report, env.name, W2, size, reads, settings, settings.repeat)
     count_statements(report, env, systems, sid, size, settings, rngs)
@@ -1076,7 +1062,7 @@ def count_statements(
                     system.context(sid)
                 per.append(counter.n / reads)
         except Exception as e:
-            _log(f"{env.name} {name}: statement count failed: {_short(e)}")
+            log(f"{env.name} {name}: statement count failed: {_short(e)}")
             continue
         report.statements[(env.name, name)] = (per[0], per[1])
 
@@ -1096,7 +1082,7 @@ def run_w3(
         start = max(point - settings.w3_turns - 2 * settings.warmup, 0)
         for name, system in systems.items():
             fill_to(system, f"w3-{point}", start, rngs[name])
-    _log(f"{env.name}: W3 sessions grown in {time.perf_counter() - started:.1f} s")
+    log(f"{env.name}: W3 sessions grown in {time.perf_counter() - started:.1f} s")
 
     def turner(system: System, sid: str, rng: random.Random) -> Callable[[], int]:
         def turn() -> int:
@@ -1337,7 +1323,7 @@ def run_w4(
                 result.note = "check failed"
                 report.note(env.name, name, f"W4 {mode}", f"check failed: {_short(e)}")
         report.w4.append(result)
-        _log(
+        log(
             f"{env.name} W4 {mode} {name}: {result.done}/{result.planned} turns in "
             f"{result.elapsed:.1f} s = {result.rate:.0f}/s, errors {result.errors}, lost "
             f"{result.lost}, dup {result.duplicated}, reordered {result.reordered} {result.note}"
@@ -1371,7 +1357,7 @@ def sweep(backend: Backend) -> None:
                 if table.startswith("peers_") and marker in table:
                     conn.execute(text(f"DROP TABLE {table}"))
     except Exception as e:
-        _log(f"{backend.name}: sweep of leftover tables failed: {_short(e)}")
+        log(f"{backend.name}: sweep of leftover tables failed: {_short(e)}")
     finally:
         engine.dispose()
 
@@ -1391,20 +1377,20 @@ def run_backend(backend: Backend, settings: Settings, report: Report) -> None:
             except Exception as e:
                 reason = str(e) if isinstance(e, Unavailable) else _short(e)
                 report.unavailable[(backend.name, name)] = reason
-                _log(f"{backend.name}: {name} unavailable: {reason}")
+                log(f"{backend.name}: {name} unavailable: {reason}")
                 continue
             systems[name] = system
         rngs = {name: random.Random(20240801) for name in systems}
         started = time.perf_counter()
         run_w1_w2(report, env, systems, settings, rngs)
-        _log(f"{backend.name}: W1/W2 done in {time.perf_counter() - started:.0f} s")
+        log(f"{backend.name}: W1/W2 done in {time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
         run_w3(report, env, systems, settings, rngs)
-        _log(f"{backend.name}: W3 done in {time.perf_counter() - started:.0f} s")
+        log(f"{backend.name}: W3 done in {time.perf_counter() - started:.0f} s")
         for mode in (SYNC, ASYNC):
             started = time.perf_counter()
             run_w4(report, env, systems, settings, mode)
-            _log(f"{backend.name}: W4 {mode} done in {time.perf_counter() - started:.0f} s")
+            log(f"{backend.name}: W4 {mode} done in {time.perf_counter() - started:.0f} s")
         errors = [n[3] for n in report.notes if n[0] == backend.name]
         errors += [t for r in report.w4 if r.backend == backend.name for t in r.error_texts]
         gone = next((e for e in errors if _SERVER_GONE.search(e)), None)
@@ -1428,7 +1414,7 @@ def _quiet_close(env: Env, system: System) -> None:
     try:
         system.close()
     except Exception as e:
-        _log(f"{env.name}: closing {system.name}: {_short(e)}")
+        log(f"{env.name}: closing {system.name}: {_short(e)}")
 
 
 # -- report ------------------------------------------------------------------------------
@@ -1685,7 +1671,7 @@ def plot_w3(report: Report, settings: Settings, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        _log("matplotlib is not installed: no W3 plot")
+        log("matplotlib is not installed: no W3 plot")
         return None
     backends = report.backends
     fig, axes = plt.subplots(1, len(backends), figsize=(8, 5), dpi=100, sharey=True, squeeze=False)
@@ -1857,7 +1843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = probe(backend)
             if reason is not None:
                 report.skipped.append(f"{backend.name} ({backend.display_url()}): {reason}")
-                _log(f"skipping {backend.name}: {reason}")
+                log(f"skipping {backend.name}: {reason}")
                 continue
             for attempt in (1, 2):
                 versions = len(report.versions)
@@ -1867,23 +1853,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as e:  # e.g. the server restarted under us
                     report.discard(backend.name)
                     del report.versions[versions:]
-                    _log(f"{backend.name}: run failed (attempt {attempt}): {_short(e)}")
+                    log(f"{backend.name}: run failed (attempt {attempt}): {_short(e)}")
                     if attempt == 2 or not _wait_for(backend, 90):
                         report.skipped.append(f"{backend.name}: the run failed: {_short(e)}")
                         break
                 finally:
                     sweep(backend)
-            _log(f"{backend.name} done, {time.perf_counter() - started:.0f} s so far")
+            log(f"{backend.name} done, {time.perf_counter() - started:.0f} s so far")
     if not report.backends:
-        _log("no backend available")
+        log("no backend available")
         return 1
     plot = plot_w3(report, settings, plot_path) if plot_path is not None else None
     text_ = render(report, settings, plot)
     print(text_)
     if out is not None:
-        _log(f"wrote {write_report(out, text_)}")
+        log(f"wrote {write_report(out, text_)}")
     if plot is not None:
-        _log(f"wrote {plot}")
+        log(f"wrote {plot}")
     return 0
 
 

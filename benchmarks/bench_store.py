@@ -48,6 +48,7 @@ from .common import (
     fmt_ms,
     fmt_ratio,
     interleave,
+    log,
     markdown_table,
     parse_list,
     probe,
@@ -206,10 +207,6 @@ class Settings:
     round_size: int = 5
 
 
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def _fill(ours: SQLStore, raw: RawStore, session_id: str, size: int, rng: random.Random) -> None:
     """Write the same ``size`` messages to both systems, ``BATCH`` per transaction."""
     for start in range(0, size, BATCH):
@@ -308,7 +305,7 @@ def run_backend(backend: Backend, settings: Settings) -> tuple[list[Result], str
         started = time.perf_counter()
         prefill(ours, raw, settings.sizes, rng)
         elapsed = time.perf_counter() - started
-        _log(f"{backend.name}: pre-filled 2 x {3 * sum(settings.sizes)} messages, {elapsed:.1f} s")
+        log(f"{backend.name}: pre-filled 2 x {3 * sum(settings.sizes)} messages, {elapsed:.1f} s")
 
         for size in settings.sizes:
             timings = {APPEND: bench_append(ours, raw, size, settings, counter, rng)}
@@ -322,7 +319,7 @@ def run_backend(backend: Backend, settings: Settings) -> tuple[list[Result], str
                     summarize(timings[op]["raw"]),
                 )
                 results.append(result)
-                _log(
+                log(
                     f"{backend.name} N={size} {op}: ours {fmt_ms(result.ours.median_ms)} ms, "
                     f"raw {fmt_ms(result.raw.median_ms)} ms "
                     f"({fmt_ratio(result.ours.median_ms, result.raw.median_ms)})"
@@ -421,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = probe(backend)
             if reason is not None:
                 skipped.append(f"{backend.name} ({backend.display_url()}): {reason}")
-                _log(f"skipping {backend.name}: {reason}")
+                log(f"skipping {backend.name}: {reason}")
                 continue
             backend_results, version = run_backend(backend, settings)
             results += backend_results
@@ -429,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(results, settings, versions, skipped)
     print(report)
     if out is not None:
-        _log(f"wrote {write_report(out, report)}")
+        log(f"wrote {write_report(out, report)}")
     return 0 if results else 1
 
 

@@ -13,6 +13,7 @@ import gc
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -382,6 +383,24 @@ def environment_line(server_versions: Sequence[str] = ()) -> str:
     if hasattr(os, "getloadavg"):
         parts.append(f"load average {os.getloadavg()[0]:.1f} at the end")
     return ", ".join(parts)
+
+
+_WORDS = (
+    "the policy allows employees to carry over up to five days of annual leave into the "
+    "next calendar year provided their manager approves the request before december "
+    "remote work is permitted two days per week for roles that do not require on site "
+    "presence parental leave is sixteen weeks at full pay please check the handbook"
+).split()
+
+
+def words(rng: random.Random) -> str:
+    """A chat message of 20 to 80 words (about 25 to 100 tokens)."""
+    return " ".join(rng.choices(_WORDS, k=rng.randint(20, 80)))
+
+
+def log(text: str) -> None:
+    """Progress to stderr (reports go to files)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 NOTES_MARKER = "<!-- notes below are kept when the benchmark rewrites this file -->"
