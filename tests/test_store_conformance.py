@@ -244,6 +244,23 @@ async def test_archive_without_history_deletes(make_api: Any) -> None:
     assert (state.message_count, state.active_count) == (1, 1)
 
 
+async def test_commit_overflow_without_history_deletes(make_api: Any) -> None:
+    """With keep_history=False an overflow (with and without summary) deletes the evicted
+    messages, and every counter follows."""
+    api = make_api(keep_history=False)
+    stored = await api.append(S, users("a", "b", "c", "d"))
+    assert await api.commit_overflow(S, OverflowCommit(stored[:1])) is True
+    state = await api.get_session(S)
+    assert (state.message_count, state.active_count) == (3, 3)
+    assert state.active_tokens == sum(m.token_count for m in stored[1:])
+    commit = OverflowCommit(stored[1:3], summary="b and c", summary_tokens=3)
+    assert await api.commit_overflow(S, commit) is True
+    assert contents(await api.get_history(S)) == ["d"]
+    state = await api.get_session(S)
+    assert (state.message_count, state.active_count) == (1, 1)
+    assert state.active_tokens == stored[3].token_count
+
+
 async def test_replace_archives_old_window_and_clears_summary(api: Api) -> None:
     """replace makes the new messages the whole window; the old one is archived, summary gone."""
     stored = await api.append(S, users("a", "b", "c"))
@@ -456,18 +473,24 @@ async def test_commit_overflow_twice_is_refused(api: Api) -> None:
     history = await api.get_history(S)
     again = OverflowCommit(stored[:2], summary="second", summary_tokens=1, block_marks={"f": 9})
     assert await api.commit_overflow(S, again) is False
+    assert await api.commit_overflow(S, OverflowCommit(stored[:2])) is False  # evict only
     assert await api.get_session(S) == before
     assert await api.get_history(S) == history
 
 
-async def test_commit_overflow_with_a_stale_message_is_refused(api: Api) -> None:
-    """If any evicted message already left the window, the whole commit is refused."""
-    stored = await api.append(S, users("a", "b", "c"))
-    await api.archive(S, [1])
+@pytest.mark.parametrize("summary", ["x", None], ids=["summary", "evict-only"])
+async def test_commit_overflow_with_a_stale_message_is_refused(
+    api: Api, summary: str | None
+) -> None:
+    """If any evicted message already left the window, the whole commit is refused; an
+    eviction of a run of seqs that now holds a gap is refused too."""
+    stored = await api.append(S, users("a", "b", "c", "d"))
+    await api.archive(S, [2])
     before = await api.get_session(S)
-    assert await api.commit_overflow(S, OverflowCommit(stored[:2], summary="x")) is False
+    for evict in (stored[:2], stored[1:3], stored[:3]):
+        assert await api.commit_overflow(S, OverflowCommit(evict, summary=summary)) is False
     assert await api.get_session(S) == before
-    assert contents(await api.get_window(S)) == ["b", "c"]
+    assert contents(await api.get_window(S)) == ["a", "c", "d"]
 
 
 async def test_commit_overflow_may_only_set_a_summary(api: Api) -> None:

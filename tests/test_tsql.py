@@ -240,7 +240,7 @@ def test_prebuilt_statements_compile_for_sql_server(tmp_path: Any) -> None:
 
 
 def test_update_returning_compiles_to_output_inserted(tmp_path: Any) -> None:
-    """The append counter update with RETURNING becomes UPDATE ... OUTPUT inserted.* in T-SQL."""
+    """Updates with RETURNING (append counters, session lock, eviction) use OUTPUT inserted.*."""
     store = SQLStore(f"sqlite:///{tmp_path / 'x.db'}", "t")
     compiled = str(store._u_append.returning(*store._counters).compile(dialect=sql_server_2022()))
     assert compiled.startswith("UPDATE [t_sessions] SET") or compiled.startswith(
@@ -248,6 +248,9 @@ def test_update_returning_compiles_to_output_inserted(tmp_path: Any) -> None:
     )
     assert "OUTPUT inserted.next_seq, inserted.version" in compiled
     assert "RETURNING" not in compiled
+    for locking in (store._u_lock_returning, store._u_evict_returning):
+        compiled = str(locking.compile(dialect=sql_server_2022()))
+        assert "OUTPUT inserted.version" in compiled and "RETURNING" not in compiled
 
 
 @pytest.mark.parametrize("make_dialect", MSSQL_DIALECTS)

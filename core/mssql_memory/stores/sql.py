@@ -213,9 +213,23 @@ class SQLStore(SQLBase):
             .where(s.c.session_id == sid)
             .values(version=s.c.version + 1, updated_at=bindparam("p_now"))
         )
-        self._q_lock = select(
-            s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id, s.c.block_marks
-        ).where(s.c.session_id == sid)
+        locked = (s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id, s.c.block_marks)
+        self._q_lock = select(*locked).where(s.c.session_id == sid)
+        self._u_lock_returning = self._u_lock.returning(*locked)
+        # an overflow with no summary and no block marks (Trim): the lock and the counters'
+        # update are one statement
+        self._u_evict = (
+            update(s)
+            .where(s.c.session_id == sid)
+            .values(
+                version=s.c.version + 1,
+                updated_at=bindparam("p_now"),
+                active_count=s.c.active_count - bindparam("p_n"),
+                active_tokens=s.c.active_tokens - bindparam("p_tokens"),
+                message_count=s.c.message_count - bindparam("p_gone"),
+            )
+        )
+        self._u_evict_returning = self._u_evict.returning(s.c.version)
         self._i_messages = insert(m)
 
     def _fused_append(self, m: Any, sid: Any) -> Any:
@@ -293,8 +307,10 @@ class SQLStore(SQLBase):
 
     def _lock_session(self, conn: Connection, session_id: str, now: datetime) -> Any:
         """Bump the session's version (taking its row lock); return its row, or None."""
-        result = conn.execute(self._u_lock, {"p_sid": session_id, "p_now": now})
-        if result.rowcount == 0:
+        params = {"p_sid": session_id, "p_now": now}
+        if self._dialect_returns(conn):
+            return conn.execute(self._u_lock_returning, params).first()
+        if conn.execute(self._u_lock, params).rowcount == 0:
             return None
         return conn.execute(self._q_lock, {"p_sid": session_id}).first()
 
@@ -654,11 +670,18 @@ class SQLStore(SQLBase):
         status: str,
         summary_id: int | None = None,
     ) -> int:
-        """Move active messages ``seqs`` out of the window; returns how many were active."""
+        """Move active messages ``seqs`` (distinct) out of the window; returns how many were
+        active. Seqs that are one run of consecutive numbers (the usual overflow) are matched as
+        a range, which the window index answers directly instead of filtering every active row."""
         m = self.tables.messages
         moved = 0
-        for chunk in chunks(seqs):
-            where = and_(m.c.session_id == session_id, m.c.status == "active", m.c.seq.in_(chunk))
+        lo, hi = (min(seqs), max(seqs)) if seqs else (0, -1)
+        if len(set(seqs)) == len(seqs) == hi - lo + 1 > 0:
+            runs: Iterable[Any] = [m.c.seq.between(lo, hi)]
+        else:
+            runs = (m.c.seq.in_(chunk) for chunk in chunks(seqs))
+        for wanted in runs:
+            where = and_(m.c.session_id == session_id, m.c.status == "active", wanted)
             if self.keep_history:
                 stmt = update(m).where(where).values(status=status, summary_id=summary_id)
             else:
@@ -717,12 +740,14 @@ class SQLStore(SQLBase):
 
     def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> int:
         """Apply ``commit``; the session's new version, or 0 if the session does not exist."""
-        row = self._lock_session(conn, session_id, utcnow())
-        if row is None:
-            return 0
         seqs = sorted({m.seq for m in commit.evict if m.seq is not None})
         if len(seqs) != len(commit.evict):
             raise ValueError("evicted messages must be stored messages with distinct seq")
+        if commit.summary is None and not commit.block_marks:
+            return self._evict_op(conn, session_id, seqs, commit)
+        row = self._lock_session(conn, session_id, utcnow())
+        if row is None:
+            return 0
         s, su = self.tables.sessions, self.tables.summaries
         summary_id = None
         values: dict[str, Any] = {}
@@ -760,6 +785,30 @@ class SQLStore(SQLBase):
             )
         )
         return int(row.version)
+
+    def _evict_op(
+        self, conn: Connection, session_id: str, seqs: list[int], commit: OverflowCommit
+    ) -> int:
+        """An overflow that only evicts: the session row is locked and its counters moved by one
+        UPDATE, then the messages leave; any of them no longer active rolls the whole back."""
+        params = {
+            "p_sid": session_id,
+            "p_now": utcnow(),
+            "p_n": len(seqs),
+            "p_tokens": sum(m.token_count or 0 for m in commit.evict),
+            "p_gone": 0 if self.keep_history else len(seqs),
+        }
+        if self._dialect_returns(conn):
+            version = conn.execute(self._u_evict_returning, params).scalar()
+        elif conn.execute(self._u_evict, params).rowcount:
+            version = conn.execute(self._q_version, {"p_sid": session_id}).scalar()
+        else:
+            version = None
+        if version is None:
+            return 0
+        if seqs and self._leave_window(conn, session_id, seqs, commit.status) != len(seqs):
+            raise _Conflict()
+        return int(version)
 
     def _after_overflow(self, session_id: str, commit: OverflowCommit, version: int) -> bool:
         if self.cache is not None:
