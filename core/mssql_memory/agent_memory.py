@@ -226,10 +226,11 @@ class AgentMemory:
         groups = sanitize_window(group_messages(snapshot.window))
         chosen: list[Group] = []
         for group in reversed(groups):
-            if group.tokens > available:
+            tokens = group.tokens
+            if tokens > available:
                 break
             chosen.append(group)
-            available -= group.tokens
+            available -= tokens
         chosen.reverse()
         chosen = start_on_user(chosen)
         window = [m for g in chosen for m in g.messages]

@@ -23,7 +23,10 @@ class Group:
 
     @property
     def tokens(self) -> int:
-        return sum(m.token_count or 0 for m in self.messages)
+        messages = self.messages
+        if len(messages) == 1:  # most groups: skip the generator
+            return messages[0].token_count or 0
+        return sum(m.token_count or 0 for m in messages)
 
     @property
     def first(self) -> Message:
@@ -72,7 +75,7 @@ def sanitize_window(groups: Sequence[Group]) -> list[Group]:
 
     The result never starts with a tool result and holds no call without results.
     """
-    return [g for g in groups if g.complete and not g.is_orphan]
+    return [g for g in groups if g.complete and g.messages[0].role != "tool"]
 
 
 def start_on_user(groups: Sequence[Group]) -> list[Group]:
