@@ -196,10 +196,12 @@ def test_trimmed_append_reloads(make_store: Any) -> None:
     assert contents(store.get_window("s")) == ["b", "c"]
 
 
-def test_other_instance_write_is_seen(make_store: Any) -> None:
-    """A write by another instance (own cache, same table) is never hidden by this cache."""
-    a = make_store("sqlite", cache=True)
-    b = make_store("sqlite", cache=True, table_name=a.table_name)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_other_instance_write_is_seen(make_store: Any, backend: str) -> None:
+    """A write by another instance (own cache, same table) is never hidden by this cache
+    (on PostgreSQL the cached read is one statement outside a transaction: see below)."""
+    a = make_store(backend, cache=True)
+    b = make_store(backend, cache=True, table_name=a.table_name)
     a.append("s", [Message("user", "a")])
     assert contents(a.get_window("s")) == ["a"]
     b.append("s", [Message("user", "b")])
@@ -211,11 +213,14 @@ def test_other_instance_write_is_seen(make_store: Any) -> None:
     assert contents(snapshot.window) == ["a", "b", "c"]
 
 
-def test_a_session_deleted_and_recreated_elsewhere_is_never_served_stale(make_store: Any) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_session_deleted_and_recreated_elsewhere_is_never_served_stale(
+    make_store: Any, backend: str
+) -> None:
     """Another instance deletes the session and writes it again to the same number of
     versions: this instance's cached window (of the old session) is not served."""
-    a = make_store("sqlite")
-    b = make_store("sqlite", table_name=a.table_name)
+    a = make_store(backend)
+    b = make_store(backend, table_name=a.table_name)
     a.append("s", [Message("user", "old 1")])
     a.append("s", [Message("user", "old 2")])
     assert contents(a.get_window("s")) == ["old 1", "old 2"]
@@ -223,6 +228,36 @@ def test_a_session_deleted_and_recreated_elsewhere_is_never_served_stale(make_st
     b.append("s", [Message("user", "new 1")])
     b.append("s", [Message("user", "new 2")])
     assert contents(a.get_window("s")) == ["new 1", "new 2"]
+
+
+def test_postgresql_cached_read_is_one_statement_outside_a_transaction(make_store: Any) -> None:
+    """On PostgreSQL a hot session is read with the session-row query alone, in autocommit
+    (no BEGIN and ROLLBACK round trips); the connection goes back to the pool out of
+    autocommit, so writes after it stay atomic. A session deleted elsewhere reads as empty."""
+    store = make_store("postgresql", cache=True)
+    store.append("s", [Message("user", "a")])
+    store.get_window("s")  # fills the cache (a REPEATABLE READ transaction)
+    counter = StatementCounter(store)
+    in_transaction: list[bool] = []
+
+    def after(conn: Any, *_: Any) -> None:
+        status = conn.connection.dbapi_connection.info.transaction_status
+        in_transaction.append(status != status.IDLE)
+
+    event.listen(store.engines.sync, "after_cursor_execute", after)
+    snapshot, statements = counter.during(lambda: store.read_session("s"))
+    assert statements == 1 and contents(snapshot.window) == ["a"]
+    assert in_transaction == [False]
+    in_transaction.clear()
+    store.append("s", [Message("user", "b")])
+    assert in_transaction == [True]  # the write runs in a transaction again
+    assert contents(store.read_session("s").window) == ["a", "b"]
+    with store.engines.sync.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None and dbapi.autocommit is False
+    other = make_store("postgresql", table_name=store.table_name)
+    other.delete_session("s")
+    assert store.read_session("s").window == [] and not store.get_session("s").exists
 
 
 def test_cached_messages_cannot_be_changed_by_a_reader(make_store: Any) -> None:

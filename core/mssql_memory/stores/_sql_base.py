@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, inspect
 from sqlalchemy import exc as sa_exc
@@ -185,8 +185,20 @@ class SQLBase:
     def _dialect_returns(self, conn: Connection) -> bool:
         return bool(conn.dialect.update_returning)
 
-    def _run(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+    def _read_options(self, snapshot: bool) -> dict[str, Any]:
+        """Execution options of a read. PostgreSQL: REPEATABLE READ, so the statements of a
+        read see one snapshot; a read whose statements each stand alone (``snapshot=False``:
+        one statement, or several that check each other's version) runs in AUTOCOMMIT, which
+        saves the BEGIN and ROLLBACK round trips (every statement has a snapshot of its own)."""
+        if not self._snapshot_reads:
+            return {}
+        return {"isolation_level": "REPEATABLE READ" if snapshot else "AUTOCOMMIT"}
+
+    def _run(
+        self, op: Callable[[Connection], T], *, write: bool = True, snapshot: bool = True
+    ) -> T:
         """Run ``op`` in one transaction; retry deadlocks, races and stale connections.
+        ``snapshot`` applies to reads (see :meth:`_read_options`).
 
         Connections are not pinged before use: a connection found dead runs the
         operation again on a fresh one (before COMMIT only, see :func:`_retryable`).
@@ -203,7 +215,7 @@ class SQLBase:
                 if not write:
                     with self.engines.sync.connect() as conn:
                         if self._snapshot_reads:
-                            conn.execution_options(isolation_level="REPEATABLE READ")
+                            conn.execution_options(**self._read_options(snapshot))
                         return op(conn)
                 with self.engines.sync.begin() as conn:
                     result = op(conn)
@@ -220,11 +232,13 @@ class SQLBase:
                 raise _wrap(e) from e
         raise ConcurrencyError("could not complete the operation after repeated conflicts")
 
-    async def _arun(self, op: Callable[[Connection], T], *, write: bool = True) -> T:
+    async def _arun(
+        self, op: Callable[[Connection], T], *, write: bool = True, snapshot: bool = True
+    ) -> T:
         """The async twin of :meth:`_run` (native async when an async engine exists)."""
         engine = self.engines.async_engine
         if engine is None:
-            return await asyncio.to_thread(self._run, op, write=write)
+            return await asyncio.to_thread(self._run, op, write=write, snapshot=snapshot)
         await self._aensure_schema(engine)
         for attempt in range(_ATTEMPTS):
             committing = False
@@ -232,7 +246,7 @@ class SQLBase:
                 if not write:
                     async with engine.connect() as aconn:
                         if self._snapshot_reads:
-                            await aconn.execution_options(isolation_level="REPEATABLE READ")
+                            await aconn.execution_options(**self._read_options(snapshot))
                         return await aconn.run_sync(op)
                 async with engine.begin() as aconn:
                     result = await aconn.run_sync(op)

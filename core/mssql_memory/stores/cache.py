@@ -57,6 +57,11 @@ class WindowCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
+    def holds(self, session_id: str) -> bool:
+        """Whether a whole window of ``session_id`` is cached (at some version)."""
+        entry = self._entries.get(session_id)
+        return entry is not None and entry.complete
+
     def get(self, session_id: str, version: int) -> list[Message] | None:
         """The whole cached window if it was cached at exactly ``version``."""
         return self._hit(session_id, version, None)

@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -519,7 +520,8 @@ class SQLStore(SQLBase):
 
     def _cached_tail_op(self, conn: Connection, session_id: str, limit: int) -> list[Message]:
         """The newest ``limit`` messages, from the cache when it holds them at the session's
-        current version (the tail query carries the version it saw, as in :meth:`_read_op`)."""
+        current version (the tail query carries the version it saw, as in :meth:`_read_op`).
+        Needs no snapshot: each statement stands alone and the versions are compared."""
         assert self.cache is not None
         for _ in range(_READ_ATTEMPTS):
             version = conn.execute(self._q_version, {"p_sid": session_id}).scalar()
@@ -560,13 +562,36 @@ class SQLStore(SQLBase):
             return SessionSnapshot(state, window)
         raise ConcurrencyError("the session kept changing while it was being read")
 
+    def _cached_read_op(self, conn: Connection, session_id: str) -> SessionSnapshot | None:
+        """One statement: the session row, and the cached window if it is of that version."""
+        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
+        state = self._state_from_row(session_id, row)
+        if not state.exists:
+            return SessionSnapshot(state, [])
+        cached = self.cache.get(session_id, state.version) if self.cache else None
+        return None if cached is None else SessionSnapshot(state, cached)
+
+    def _try_cached(self, session_id: str) -> bool:
+        """Read a cached session with one statement first (where that saves round trips)?"""
+        return self._snapshot_reads and self.cache is not None and self.cache.holds(session_id)
+
     def read_session(self, session_id: str) -> SessionSnapshot:
         """The session's state and active window (cached windows are version-checked)."""
         validate_id(session_id)
+        if self._try_cached(session_id):
+            op = partial(self._cached_read_op, session_id=session_id)
+            hit = self._run(op, write=False, snapshot=False)
+            if hit is not None:
+                return hit
         return self._run(lambda c: self._read_op(c, session_id), write=False)
 
     async def aread_session(self, session_id: str) -> SessionSnapshot:
         validate_id(session_id)
+        if self._try_cached(session_id):
+            op = partial(self._cached_read_op, session_id=session_id)
+            hit = await self._arun(op, write=False, snapshot=False)
+            if hit is not None:
+                return hit
         return await self._arun(lambda c: self._read_op(c, session_id), write=False)
 
     def get_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
@@ -576,8 +601,11 @@ class SQLStore(SQLBase):
         if self.cache is not None and limit is None:
             return self.read_session(session_id).window
         if self.cache is not None and limit:
-            return self._run(lambda c: self._cached_tail_op(c, session_id, limit), write=False)
-        return self._run(lambda c: self._window_op(c, session_id, limit), write=False)
+            op = partial(self._cached_tail_op, session_id=session_id, limit=limit)
+            return self._run(op, write=False, snapshot=False)
+        return self._run(
+            lambda c: self._window_op(c, session_id, limit), write=False, snapshot=False
+        )
 
     async def aget_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
         validate_id(session_id)
@@ -585,10 +613,11 @@ class SQLStore(SQLBase):
         if self.cache is not None and limit is None:
             return (await self.aread_session(session_id)).window
         if self.cache is not None and limit:
-            return await self._arun(
-                lambda c: self._cached_tail_op(c, session_id, limit), write=False
-            )
-        return await self._arun(lambda c: self._window_op(c, session_id, limit), write=False)
+            op = partial(self._cached_tail_op, session_id=session_id, limit=limit)
+            return await self._arun(op, write=False, snapshot=False)
+        return await self._arun(
+            lambda c: self._window_op(c, session_id, limit), write=False, snapshot=False
+        )
 
     def _history_op(self, conn: Connection, session_id: str) -> list[Message]:
         return self._rows_to_messages(conn.execute(self._q_history, {"p_sid": session_id}))
@@ -596,11 +625,13 @@ class SQLStore(SQLBase):
     def get_history(self, session_id: str) -> list[Message]:
         """Every stored message of the session, archived ones included, with their status."""
         validate_id(session_id)
-        return self._run(lambda c: self._history_op(c, session_id), write=False)
+        return self._run(lambda c: self._history_op(c, session_id), write=False, snapshot=False)
 
     async def aget_history(self, session_id: str) -> list[Message]:
         validate_id(session_id)
-        return await self._arun(lambda c: self._history_op(c, session_id), write=False)
+        return await self._arun(
+            lambda c: self._history_op(c, session_id), write=False, snapshot=False
+        )
 
     def _state_op(self, conn: Connection, session_id: str) -> SessionState:
         row = conn.execute(self._q_state, {"p_sid": session_id}).first()
@@ -609,11 +640,13 @@ class SQLStore(SQLBase):
     def get_session(self, session_id: str) -> SessionState:
         """The session's record: counts, active tokens, version, system message, summary."""
         validate_id(session_id)
-        return self._run(lambda c: self._state_op(c, session_id), write=False)
+        return self._run(lambda c: self._state_op(c, session_id), write=False, snapshot=False)
 
     async def aget_session(self, session_id: str) -> SessionState:
         validate_id(session_id)
-        return await self._arun(lambda c: self._state_op(c, session_id), write=False)
+        return await self._arun(
+            lambda c: self._state_op(c, session_id), write=False, snapshot=False
+        )
 
     stats = get_session
     astats = aget_session
