@@ -235,3 +235,26 @@ def test_freeze_and_thaw_give_what_the_payload_decodes_to() -> None:
     assert freeze(text) is text
     assert freeze(Message("user", "x", raw={"f": float("nan")})) is None
     assert freeze(Message("user", "x", metadata={"o": object()})) is None
+
+
+@pytest.mark.parametrize("big", [-(2**63) - 1, 2**64, 10**30, -(10**40)])
+def test_integers_beyond_64_bits_survive_exactly(big: int) -> None:
+    """JSON decoding keeps integers exact at any size (a fast decoder would make them floats),
+    through the payload and through the cache's frozen form; 19-digit strings stay strings."""
+    message = Message(
+        "assistant",
+        "",
+        tool_calls=(ToolCall("c", "f", {"n": big}),),
+        metadata={"m": [big], "s": "1234567890123456789012"},
+        raw={"v": big},
+    )
+    for encoded in (message_to_json(message), message_to_json(message).encode()):
+        decoded = message_from_json(encoded)
+        assert decoded.tool_calls[0].arguments == {"n": big}
+        assert type(decoded.tool_calls[0].arguments["n"]) is int  # type: ignore[index]
+        assert decoded.metadata == {"m": [big], "s": "1234567890123456789012"}
+        assert decoded.raw == {"v": big}
+    frozen = freeze(message)
+    assert isinstance(frozen, FrozenMessage)
+    thawed = frozen.thaw()
+    assert thawed.tool_calls[0].arguments == {"n": big} and thawed.raw == {"v": big}

@@ -8,6 +8,7 @@ own serialized form, so an adapter can return exactly the object it stored.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -279,9 +280,22 @@ def message_from_dict(
 
 
 try:  # orjson decodes payloads ~3x faster when it is installed; json is the fallback
-    from orjson import loads as _loads
+    from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
+    _fast_loads = json.loads
+
+# orjson turns integers beyond 64 bits into floats; json keeps them exact. A run of 19 digits
+# (in a number or a string: either way json is right) sends the text to json.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+
+
+def _loads(text: str | bytes) -> Any:
+    """JSON ``text`` decoded exactly as :func:`json.loads` would (big integers included)."""
+    pattern = _LONG_DIGITS if isinstance(text, str) else _LONG_DIGITS_BYTES
+    if pattern.search(text) is None:  # type: ignore[arg-type]
+        return _fast_loads(text)
+    return json.loads(text)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Message))
