@@ -249,8 +249,11 @@ def test_postgresql_cached_read_is_one_statement_outside_a_transaction(make_stor
     assert statements == 1 and contents(snapshot.window) == ["a"]
     assert in_transaction == [False]
     in_transaction.clear()
-    store.append("s", [Message("user", "b")])
-    assert in_transaction == [True]  # the write runs in a transaction again
+    store.append("s", [Message("user", "b")])  # one statement alone, in autocommit too
+    assert in_transaction == [False]
+    in_transaction.clear()
+    store.set_system_message("s", Message("system", "be brief"))
+    assert in_transaction and all(in_transaction)  # a write of several statements: atomic
     assert contents(store.read_session("s").window) == ["a", "b"]
     with store.engines.sync.connect() as conn:
         dbapi = conn.connection.dbapi_connection

@@ -151,8 +151,9 @@ class SQLBase:
         # PostgreSQL reads at READ COMMITTED see a new snapshot per statement; a read of the
         # session row then its window could straddle a commit. REPEATABLE READ gives the whole
         # read one snapshot (read-only transactions never fail there). InnoDB's default already
-        # does; SQLite reads in one transaction are consistent.
-        self._snapshot_reads = self.engines.dialect.name == "postgresql"
+        # does; SQLite reads in one transaction are consistent. Operations whose statements
+        # stand alone run in autocommit there (see _run).
+        self._postgresql = self.engines.dialect.name == "postgresql"
 
     def _check_names(self) -> None:
         """Reject names this database cannot hold, before any SQL runs."""
@@ -185,25 +186,30 @@ class SQLBase:
     def _dialect_returns(self, conn: Connection) -> bool:
         return bool(conn.dialect.update_returning)
 
-    def _read_options(self, snapshot: bool) -> dict[str, Any]:
-        """Execution options of a read. PostgreSQL: REPEATABLE READ, so the statements of a
-        read see one snapshot; a read whose statements each stand alone (``snapshot=False``:
-        one statement, or several that check each other's version) runs in AUTOCOMMIT, which
-        saves the BEGIN and ROLLBACK round trips (every statement has a snapshot of its own)."""
-        if not self._snapshot_reads:
-            return {}
-        return {"isolation_level": "REPEATABLE READ" if snapshot else "AUTOCOMMIT"}
+    def _options(self, write: bool, autocommit: bool) -> dict[str, Any] | None:
+        """How to run an operation on this database: ``None`` in a transaction begun and
+        committed here; else on a plain connection with these execution options."""
+        if self._postgresql and autocommit:
+            return {"isolation_level": "AUTOCOMMIT"}
+        if write:
+            return None
+        return {"isolation_level": "REPEATABLE READ"} if self._postgresql else {}
 
     def _run(
-        self, op: Callable[[Connection], T], *, write: bool = True, snapshot: bool = True
+        self, op: Callable[[Connection], T], *, write: bool = True, autocommit: bool = False
     ) -> T:
         """Run ``op`` in one transaction; retry deadlocks, races and stale connections.
-        ``snapshot`` applies to reads (see :meth:`_read_options`).
+
+        ``autocommit``: each of the op's statements stands alone (one statement, or reads that
+        check each other's session version); on PostgreSQL the op then runs outside a
+        transaction, saving the BEGIN and COMMIT/ROLLBACK round trips; a write so run commits
+        with its statement. Elsewhere the flag changes nothing.
 
         Connections are not pinged before use: a connection found dead runs the
         operation again on a fresh one (before COMMIT only, see :func:`_retryable`).
         """
         self._ensure_schema()
+        options = self._options(write, autocommit)
         for attempt in range(_ATTEMPTS):
             committing = False
             try:
@@ -212,10 +218,13 @@ class SQLBase:
                         result = op(conn)
                         committing = True
                     return result
-                if not write:
+                if options is not None:
                     with self.engines.sync.connect() as conn:
-                        if self._snapshot_reads:
-                            conn.execution_options(**self._read_options(snapshot))
+                        if options:
+                            conn.execution_options(**options)
+                        # a write in autocommit commits with its statement: a connection lost
+                        # from here on leaves it unknown whether it did (as during a COMMIT)
+                        committing = write
                         return op(conn)
                 with self.engines.sync.begin() as conn:
                     result = op(conn)
@@ -233,20 +242,22 @@ class SQLBase:
         raise ConcurrencyError("could not complete the operation after repeated conflicts")
 
     async def _arun(
-        self, op: Callable[[Connection], T], *, write: bool = True, snapshot: bool = True
+        self, op: Callable[[Connection], T], *, write: bool = True, autocommit: bool = False
     ) -> T:
         """The async twin of :meth:`_run` (native async when an async engine exists)."""
         engine = self.engines.async_engine
         if engine is None:
-            return await asyncio.to_thread(self._run, op, write=write, snapshot=snapshot)
+            return await asyncio.to_thread(self._run, op, write=write, autocommit=autocommit)
         await self._aensure_schema(engine)
+        options = self._options(write, autocommit)
         for attempt in range(_ATTEMPTS):
             committing = False
             try:
-                if not write:
+                if options is not None:
                     async with engine.connect() as aconn:
-                        if self._snapshot_reads:
-                            await aconn.execution_options(**self._read_options(snapshot))
+                        if options:
+                            await aconn.execution_options(**options)
+                        committing = write  # as in _run
                         return await aconn.run_sync(op)
                 async with engine.begin() as aconn:
                     result = await aconn.run_sync(op)

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Integer,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     true,
     update,
@@ -59,6 +61,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _READ_ATTEMPTS = 5
+_NO_LIMIT = 2**62  # max_messages_per_session=None, as a bound the guarded append can compare
 _Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
 _SessionRace = RetryOperation
 
@@ -208,7 +211,16 @@ class SQLStore(SQLBase):
             )
         )
         self._u_append_returning = self._u_append.returning(*self._counters)
-        self._pg_append = self._fused_append(m, sid)
+        self._pg_append = self._fused_append(m, sid, self._u_append_returning)
+        # PostgreSQL, the append as one statement run alone (autocommit, one round trip); it
+        # changes nothing unless the session exists, belongs to the caller (or no user is
+        # given) and stays within max_messages_per_session, and the full path runs instead
+        uid = bindparam("p_uid", type_=String())
+        alone = self._u_append.where(
+            or_(uid.is_(None), s.c.user_id == uid),
+            s.c.active_count + bindparam("p_n") <= bindparam("p_max", type_=BigInteger()),
+        )
+        self._pg_append_alone = self._fused_append(m, sid, alone.returning(*self._counters))
         self._u_lock = (
             update(s)
             .where(s.c.session_id == sid)
@@ -233,12 +245,13 @@ class SQLStore(SQLBase):
         self._u_evict_returning = self._u_evict.returning(s.c.version)
         self._i_messages = insert(m)
 
-    def _fused_append(self, m: Any, sid: Any) -> Any:
-        """PostgreSQL: the session row's update and the messages' insert in one statement (one
-        round trip instead of two): ``WITH bumped AS (UPDATE ... RETURNING ...), added AS
-        (INSERT ... SELECT FROM bumped, unnest(the batch's columns))``. Nothing is inserted
-        when the session does not exist yet (no row returned: the caller creates it)."""
-        bumped = self._u_append_returning.cte("bumped")
+    def _fused_append(self, m: Any, sid: Any, bump: Any) -> Any:
+        """PostgreSQL: the session row's update ``bump`` (RETURNING the counters) and the
+        messages' insert in one statement (one round trip instead of two): ``WITH bumped AS
+        (UPDATE ... RETURNING ...), added AS (INSERT ... SELECT FROM bumped, unnest(the batch's
+        columns))``. Nothing is inserted when the update matches no row (no row returned: the
+        session does not exist yet, or the guard of the one-statement append failed)."""
+        bumped = bump.cte("bumped")
         batch = (
             func.unnest(
                 bindparam("p_roles", type_=postgresql.ARRAY(String())),
@@ -361,6 +374,55 @@ class SQLStore(SQLBase):
 
     # -- append -------------------------------------------------------------------
 
+    def _append_params(
+        self, session_id: str, batch: list[tuple[Message, str]], now: datetime
+    ) -> dict[str, Any]:
+        params = {
+            "p_sid": session_id,
+            "p_n": len(batch),
+            "p_tokens": sum(m.token_count or 0 for m, _ in batch),
+            "p_now": now,
+        }
+        if self._postgresql:  # the batch's columns, for the fused statements
+            params["p_roles"] = [m.role for m, _ in batch]
+            params["p_counts"] = [m.token_count for m, _ in batch]
+            params["p_contents"] = [_display_text(m.content) for m, _ in batch]
+            params["p_payloads"] = [payload for _, payload in batch]
+        return params
+
+    @staticmethod
+    def _numbered(batch: list[tuple[Message, str]], next_seq: int) -> list[Message]:
+        """The batch as stored: numbered up to ``next_seq`` (the session's counter after it)."""
+        first = next_seq - len(batch) + 1
+        return [m.with_fields(seq=first + i, status="active") for i, (m, _) in enumerate(batch)]
+
+    def _appended(self, batch: list[tuple[Message, str]], row: Any) -> AppendResult:
+        """The result of an append into an existing session, from its counters' new values."""
+        return AppendResult(
+            self._numbered(batch, row.next_seq),
+            version=row.version,
+            active_count=row.active_count,
+            active_tokens=row.active_tokens,
+            system_tokens=row.system_tokens,
+            summary_tokens=row.summary_tokens,
+        )
+
+    def _append_alone_op(
+        self,
+        conn: Connection,
+        session_id: str,
+        user_id: str | None,
+        batch: list[tuple[Message, str]],
+    ) -> AppendResult | None:
+        """PostgreSQL: the append as one guarded statement (run in autocommit); None when the
+        guard failed and nothing changed (see ``_pg_append_alone``)."""
+        params = self._append_params(session_id, batch, utcnow())
+        params["p_uid"] = user_id
+        limit = self.max_messages_per_session
+        params["p_max"] = _NO_LIMIT if limit is None else limit
+        row = conn.execute(self._pg_append_alone, params).first()
+        return None if row is None else self._appended(batch, row)
+
     def _append_op(
         self,
         conn: Connection,
@@ -368,25 +430,17 @@ class SQLStore(SQLBase):
         user_id: str | None,
         batch: list[tuple[Message, str]],
     ) -> tuple[AppendResult, bool]:
-        n = len(batch)
-        tokens = sum(m.token_count or 0 for m, _ in batch)
         now = utcnow()
-        params = {"p_sid": session_id, "p_n": n, "p_tokens": tokens, "p_now": now}
-        fused = conn.dialect.name == "postgresql"
-        if fused:
-            params["p_roles"] = [m.role for m, _ in batch]
-            params["p_counts"] = [m.token_count for m, _ in batch]
-            params["p_contents"] = [_display_text(m.content) for m, _ in batch]
-            params["p_payloads"] = [payload for _, payload in batch]
+        params = self._append_params(session_id, batch, now)
+        n, tokens = params["p_n"], params["p_tokens"]
+        if self._postgresql:
             row = conn.execute(self._pg_append, params).first()
         elif self._dialect_returns(conn):
             row = conn.execute(self._u_append_returning, params).first()
         else:
-            result = conn.execute(self._u_append, params)
             row = None
-            if result.rowcount:
+            if conn.execute(self._u_append, params).rowcount:
                 row = conn.execute(self._q_counters, {"p_sid": session_id}).first()
-        inserted = fused and row is not None
         if row is None:
             version = self._create_session(
                 conn,
@@ -398,32 +452,20 @@ class SQLStore(SQLBase):
                 active_count=n,
                 active_tokens=tokens,
             )
-            next_seq, active_count, active_tokens = n, n, tokens
-            system_tokens = summary_tokens = 0
+            result = AppendResult(
+                self._numbered(batch, n), version=version, active_count=n, active_tokens=tokens
+            )
         else:
-            next_seq, version, active_count = row.next_seq, row.version, row.active_count
-            active_tokens, system_tokens = row.active_tokens, row.system_tokens
-            summary_tokens = row.summary_tokens
             self._check_user(conn, session_id, row.user_id, user_id)
-        first = next_seq - n + 1
-        stored = [m.with_fields(seq=first + i, status="active") for i, (m, _) in enumerate(batch)]
-        if not inserted:
-            self._insert_batch(conn, session_id, stored, batch, now)
-        trimmed = False
+            result = self._appended(batch, row)
+        if row is None or not self._postgresql:  # else the fused statement inserted them
+            self._insert_batch(conn, session_id, result, batch, now)
         limit = self.max_messages_per_session
-        if limit is not None and active_count > limit:
-            active_tokens -= self._evict_oldest(conn, session_id, active_count - limit)
-            active_count = limit
-            trimmed = True
-        result = AppendResult(
-            stored,
-            version=version,
-            active_count=active_count,
-            active_tokens=active_tokens,
-            system_tokens=system_tokens,
-            summary_tokens=summary_tokens,
-        )
-        return result, trimmed
+        if limit is None or result.active_count <= limit:
+            return result, False
+        result.active_tokens -= self._evict_oldest(conn, session_id, result.active_count - limit)
+        result.active_count = limit
+        return result, True
 
     def _insert_batch(
         self,
@@ -486,7 +528,13 @@ class SQLStore(SQLBase):
         validate_optional_id(user_id)
         if not batch:
             return AppendResult()
-        stored, trimmed = self._run(lambda c: self._append_op(c, session_id, user_id, batch))
+        args = {"session_id": session_id, "user_id": user_id, "batch": batch}
+        if self._postgresql:
+            stored = self._run(partial(self._append_alone_op, **args), autocommit=True)
+            if stored is not None:
+                self._after_append(session_id, stored, False)
+                return stored
+        stored, trimmed = self._run(partial(self._append_op, **args))
         self._after_append(session_id, stored, trimmed)
         return stored
 
@@ -497,7 +545,13 @@ class SQLStore(SQLBase):
         validate_optional_id(user_id)
         if not batch:
             return AppendResult()
-        stored, trimmed = await self._arun(lambda c: self._append_op(c, session_id, user_id, batch))
+        args = {"session_id": session_id, "user_id": user_id, "batch": batch}
+        if self._postgresql:
+            stored = await self._arun(partial(self._append_alone_op, **args), autocommit=True)
+            if stored is not None:
+                self._after_append(session_id, stored, False)
+                return stored
+        stored, trimmed = await self._arun(partial(self._append_op, **args))
         self._after_append(session_id, stored, trimmed)
         return stored
 
@@ -573,14 +627,14 @@ class SQLStore(SQLBase):
 
     def _try_cached(self, session_id: str) -> bool:
         """Read a cached session with one statement first (where that saves round trips)?"""
-        return self._snapshot_reads and self.cache is not None and self.cache.holds(session_id)
+        return self._postgresql and self.cache is not None and self.cache.holds(session_id)
 
     def read_session(self, session_id: str) -> SessionSnapshot:
         """The session's state and active window (cached windows are version-checked)."""
         validate_id(session_id)
         if self._try_cached(session_id):
             op = partial(self._cached_read_op, session_id=session_id)
-            hit = self._run(op, write=False, snapshot=False)
+            hit = self._run(op, write=False, autocommit=True)
             if hit is not None:
                 return hit
         return self._run(lambda c: self._read_op(c, session_id), write=False)
@@ -589,7 +643,7 @@ class SQLStore(SQLBase):
         validate_id(session_id)
         if self._try_cached(session_id):
             op = partial(self._cached_read_op, session_id=session_id)
-            hit = await self._arun(op, write=False, snapshot=False)
+            hit = await self._arun(op, write=False, autocommit=True)
             if hit is not None:
                 return hit
         return await self._arun(lambda c: self._read_op(c, session_id), write=False)
@@ -602,9 +656,9 @@ class SQLStore(SQLBase):
             return self.read_session(session_id).window
         if self.cache is not None and limit:
             op = partial(self._cached_tail_op, session_id=session_id, limit=limit)
-            return self._run(op, write=False, snapshot=False)
+            return self._run(op, write=False, autocommit=True)
         return self._run(
-            lambda c: self._window_op(c, session_id, limit), write=False, snapshot=False
+            lambda c: self._window_op(c, session_id, limit), write=False, autocommit=True
         )
 
     async def aget_window(self, session_id: str, *, limit: int | None = None) -> list[Message]:
@@ -614,9 +668,9 @@ class SQLStore(SQLBase):
             return (await self.aread_session(session_id)).window
         if self.cache is not None and limit:
             op = partial(self._cached_tail_op, session_id=session_id, limit=limit)
-            return await self._arun(op, write=False, snapshot=False)
+            return await self._arun(op, write=False, autocommit=True)
         return await self._arun(
-            lambda c: self._window_op(c, session_id, limit), write=False, snapshot=False
+            lambda c: self._window_op(c, session_id, limit), write=False, autocommit=True
         )
 
     def _history_op(self, conn: Connection, session_id: str) -> list[Message]:
@@ -625,12 +679,12 @@ class SQLStore(SQLBase):
     def get_history(self, session_id: str) -> list[Message]:
         """Every stored message of the session, archived ones included, with their status."""
         validate_id(session_id)
-        return self._run(lambda c: self._history_op(c, session_id), write=False, snapshot=False)
+        return self._run(lambda c: self._history_op(c, session_id), write=False, autocommit=True)
 
     async def aget_history(self, session_id: str) -> list[Message]:
         validate_id(session_id)
         return await self._arun(
-            lambda c: self._history_op(c, session_id), write=False, snapshot=False
+            lambda c: self._history_op(c, session_id), write=False, autocommit=True
         )
 
     def _state_op(self, conn: Connection, session_id: str) -> SessionState:
@@ -640,12 +694,12 @@ class SQLStore(SQLBase):
     def get_session(self, session_id: str) -> SessionState:
         """The session's record: counts, active tokens, version, system message, summary."""
         validate_id(session_id)
-        return self._run(lambda c: self._state_op(c, session_id), write=False, snapshot=False)
+        return self._run(lambda c: self._state_op(c, session_id), write=False, autocommit=True)
 
     async def aget_session(self, session_id: str) -> SessionState:
         validate_id(session_id)
         return await self._arun(
-            lambda c: self._state_op(c, session_id), write=False, snapshot=False
+            lambda c: self._state_op(c, session_id), write=False, autocommit=True
         )
 
     stats = get_session
