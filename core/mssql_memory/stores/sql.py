@@ -221,6 +221,7 @@ class SQLStore(SQLBase):
             s.c.active_count + bindparam("p_n") <= bindparam("p_max", type_=BigInteger()),
         )
         self._pg_append_alone = self._fused_append(m, sid, alone.returning(*self._counters))
+        self._pg_append_one = self._fused_append(m, sid, alone.returning(*self._counters), one=True)
         self._u_lock = (
             update(s)
             .where(s.c.session_id == sid)
@@ -245,13 +246,28 @@ class SQLStore(SQLBase):
         self._u_evict_returning = self._u_evict.returning(s.c.version)
         self._i_messages = insert(m)
 
-    def _fused_append(self, m: Any, sid: Any, bump: Any) -> Any:
+    def _fused_append(self, m: Any, sid: Any, bump: Any, *, one: bool = False) -> Any:
         """PostgreSQL: the session row's update ``bump`` (RETURNING the counters) and the
         messages' insert in one statement (one round trip instead of two): ``WITH bumped AS
         (UPDATE ... RETURNING ...), added AS (INSERT ... SELECT FROM bumped, unnest(the batch's
         columns))``. Nothing is inserted when the update matches no row (no row returned: the
-        session does not exist yet, or the guard of the one-statement append failed)."""
+        session does not exist yet, or the guard of the one-statement append failed).
+        ``one``: a single message, bound as plain values (no arrays to encode)."""
         bumped = bump.cte("bumped")
+        columns = ["session_id", "seq", "role", "status", "token_count", "content", "payload"]
+        if one:
+            row = select(
+                sid,
+                bumped.c.next_seq,
+                bindparam("p_role", type_=String()),
+                literal("active"),
+                bindparam("p_count", type_=Integer()),
+                bindparam("p_content", type_=UnicodeText()),
+                bindparam("p_payload", type_=UnicodeText()),
+                bindparam("p_now"),
+            ).select_from(bumped)
+            added = insert(m).from_select([*columns, "created_at"], row).cte("added")
+            return select(bumped).add_cte(added)
         batch = (
             func.unnest(
                 bindparam("p_roles", type_=postgresql.ARRAY(String())),
@@ -272,7 +288,6 @@ class SQLStore(SQLBase):
             batch.c.payload,
             bindparam("p_now"),
         ).select_from(bumped.join(batch, true()))
-        columns = ["session_id", "seq", "role", "status", "token_count", "content", "payload"]
         added = insert(m).from_select([*columns, "created_at"], rows).cte("added")
         return select(bumped).add_cte(added)
 
@@ -388,6 +403,10 @@ class SQLStore(SQLBase):
             params["p_counts"] = [m.token_count for m, _ in batch]
             params["p_contents"] = [_display_text(m.content) for m, _ in batch]
             params["p_payloads"] = [payload for _, payload in batch]
+            if len(batch) == 1:  # and as plain values, for the one-message statement
+                params["p_role"], params["p_count"] = params["p_roles"][0], params["p_counts"][0]
+                params["p_content"] = params["p_contents"][0]
+                params["p_payload"] = params["p_payloads"][0]
         return params
 
     @staticmethod
@@ -420,7 +439,8 @@ class SQLStore(SQLBase):
         params["p_uid"] = user_id
         limit = self.max_messages_per_session
         params["p_max"] = _NO_LIMIT if limit is None else limit
-        row = conn.execute(self._pg_append_alone, params).first()
+        fused = self._pg_append_one if len(batch) == 1 else self._pg_append_alone
+        row = conn.execute(fused, params).first()
         return None if row is None else self._appended(batch, row)
 
     def _append_op(
