@@ -8,7 +8,9 @@ the event loop), or in a worker thread when only a sync engine exists.
 Ordering: every write first updates the session's row (``next_seq``,
 ``version``), which takes that row's lock; sequence numbers are allocated
 from it inside the same transaction, so concurrent writers of one session
-serialize on one row and never lose, duplicate or reorder messages.
+serialize on one row and never lose, duplicate or reorder messages. On
+PostgreSQL an append to an existing session is that update and the insert in
+one statement, run in autocommit (its own transaction: one round trip).
 """
 
 from __future__ import annotations
