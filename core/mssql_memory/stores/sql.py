@@ -43,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -66,6 +66,12 @@ _READ_ATTEMPTS = 5
 _NO_LIMIT = 2**62  # max_messages_per_session=None, as a bound the guarded append can compare
 _Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
 _SessionRace = RetryOperation
+
+
+def first_version() -> int:
+    """A new session's first version: random, so a session deleted and created again never
+    repeats a version a cache may hold for the old one."""
+    return random.randrange(1, 2**52)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -224,6 +230,7 @@ class SQLStore(SQLBase):
         )
         self._pg_append_alone = self._fused_append(m, sid, alone.returning(*self._counters))
         self._pg_append_one = self._fused_append(m, sid, alone.returning(*self._counters), one=True)
+        self._maria_append = self._upsert_append(s, sid)
         self._u_lock = (
             update(s)
             .where(s.c.session_id == sid)
@@ -247,6 +254,32 @@ class SQLStore(SQLBase):
         )
         self._u_evict_returning = self._u_evict.returning(s.c.version)
         self._i_messages = insert(m)
+
+    def _upsert_append(self, s: Any, sid: Any) -> Any:
+        """MariaDB (no ``UPDATE ... RETURNING``): the session's counters moved, or the session
+        created, and their new values returned by one ``INSERT ... ON DUPLICATE KEY UPDATE ...
+        RETURNING`` instead of an UPDATE and a SELECT. The owner is not changed here."""
+        n, tokens, now = bindparam("p_n"), bindparam("p_tokens"), bindparam("p_now")
+        created = mysql.insert(s).values(
+            session_id=sid,
+            user_id=bindparam("p_uid", type_=String()),
+            next_seq=n,
+            message_count=n,
+            active_count=n,
+            active_tokens=tokens,
+            version=bindparam("p_first_version", type_=BigInteger()),
+            created_at=now,
+            updated_at=now,
+        )
+        bumped = created.on_duplicate_key_update(
+            next_seq=s.c.next_seq + n,
+            message_count=s.c.message_count + n,
+            active_count=s.c.active_count + n,
+            active_tokens=s.c.active_tokens + tokens,
+            version=s.c.version + 1,
+            updated_at=now,
+        )
+        return bumped.returning(*self._counters)
 
     def _fused_append(self, m: Any, sid: Any, bump: Any, *, one: bool = False) -> Any:
         """PostgreSQL: the session row's update ``bump`` (RETURNING the counters) and the
@@ -295,6 +328,12 @@ class SQLStore(SQLBase):
 
     def _dialect_returns(self, conn: Connection) -> bool:
         return bool(conn.dialect.update_returning)
+
+    @staticmethod
+    def _upsert_returns(conn: Connection) -> bool:
+        """MariaDB 10.5+: ``INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING``."""
+        dialect = conn.dialect
+        return dialect.name == "mysql" and bool(dialect.is_mariadb and dialect.insert_returning)
 
     def drop_schema(self) -> None:
         """Drop this store's tables (not the schema), destroying every message. For tests/tools."""
@@ -348,9 +387,7 @@ class SQLStore(SQLBase):
     def _create_session(
         self, conn: Connection, session_id: str, user_id: str | None, now: datetime, **values: Any
     ) -> int:
-        """Insert the session's row; returns its first version: random, so a session deleted and
-        created again never repeats a version a cache may hold for the old one."""
-        first_version = random.randrange(1, 2**52)
+        """Insert the session's row; returns its first version (see :func:`first_version`)."""
         row = {
             "session_id": session_id,
             "user_id": user_id,
@@ -358,7 +395,7 @@ class SQLStore(SQLBase):
             "message_count": 0,
             "active_count": 0,
             "active_tokens": 0,
-            "version": first_version,
+            "version": first_version(),
             "created_at": now,
             "updated_at": now,
         }
@@ -457,6 +494,9 @@ class SQLStore(SQLBase):
         n, tokens = params["p_n"], params["p_tokens"]
         if self._postgresql:
             row = conn.execute(self._pg_append, params).first()
+        elif self._upsert_returns(conn):
+            params["p_uid"], params["p_first_version"] = user_id, first_version()
+            row = conn.execute(self._maria_append, params).one()
         elif self._dialect_returns(conn):
             row = conn.execute(self._u_append_returning, params).first()
         else:
