@@ -390,6 +390,31 @@ def test_non_string_names_and_bad_options_are_type_or_value_errors(tmp_path: Any
     assert not (tmp_path / "never.db").exists()
 
 
+def test_an_autocommit_engine_is_refused(tmp_path: Any) -> None:
+    """An engine in AUTOCOMMIT (set when built or as an execution option, sync or async) would
+    make multi-statement writes non-atomic: refused with a ValueError; plain engines work."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = f"sqlite:///{tmp_path / 'auto.db'}"
+    refused = [
+        create_engine(url, isolation_level="AUTOCOMMIT"),
+        create_engine(url).execution_options(isolation_level="AUTOCOMMIT"),
+        create_async_engine(
+            f"sqlite+aiosqlite:///{tmp_path / 'auto.db'}", isolation_level="AUTOCOMMIT"
+        ),
+    ]
+    for engine in refused:
+        with pytest.raises(ValueError, match="AUTOCOMMIT"):
+            SQLStore(engine, "t")
+    plain = create_engine(url, isolation_level="SERIALIZABLE")
+    store = SQLStore(plain, "t")
+    store.append("s", [Message("user", "kept")])
+    assert [m.content for m in store.get_window("s")] == ["kept"]
+    store.close()
+    plain.dispose()
+
+
 # -- errors --------------------------------------------------------------------------------
 
 DEAD_URLS = [

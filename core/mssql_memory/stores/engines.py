@@ -134,6 +134,16 @@ def _create(url: URL, use_async: bool) -> Engine | AsyncEngine:
     return engine
 
 
+def _autocommits(engine: Engine | AsyncEngine) -> bool:
+    """Whether ``engine`` was built or configured with ``isolation_level="AUTOCOMMIT"``."""
+    sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    levels = (
+        sync.get_execution_options().get("isolation_level"),
+        getattr(sync.dialect, "_on_connect_isolation_level", None),  # create_engine(...)
+    )
+    return any(str(level).upper() == "AUTOCOMMIT" for level in levels if level)
+
+
 class Engines:
     """The sync and async engines behind one store (created lazily, disposed together)."""
 
@@ -142,6 +152,12 @@ class Engines:
         self._async: AsyncEngine | None = None
         self._created: list[Engine | AsyncEngine] = []
         self.owned = False
+        if isinstance(url_or_engine, (Engine, AsyncEngine)) and _autocommits(url_or_engine):
+            raise ValueError(
+                "this engine runs in AUTOCOMMIT, so the store's writes could not be atomic: "
+                "pass an engine without isolation_level='AUTOCOMMIT' (the store itself skips "
+                "the transaction where one statement suffices)"
+            )
         if isinstance(url_or_engine, AsyncEngine):
             self._async = url_or_engine
             self.url = url_or_engine.url
