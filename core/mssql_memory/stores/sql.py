@@ -68,7 +68,7 @@ _Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check fai
 _SessionRace = RetryOperation
 
 
-def first_version() -> int:
+def _first_version() -> int:
     """A new session's first version: random, so a session deleted and created again never
     repeats a version a cache may hold for the old one."""
     return random.randrange(1, 2**52)
@@ -387,7 +387,7 @@ class SQLStore(SQLBase):
     def _create_session(
         self, conn: Connection, session_id: str, user_id: str | None, now: datetime, **values: Any
     ) -> int:
-        """Insert the session's row; returns its first version (see :func:`first_version`)."""
+        """Insert the session's row; returns its first version (see :func:`_first_version`)."""
         row = {
             "session_id": session_id,
             "user_id": user_id,
@@ -395,7 +395,7 @@ class SQLStore(SQLBase):
             "message_count": 0,
             "active_count": 0,
             "active_tokens": 0,
-            "version": first_version(),
+            "version": _first_version(),
             "created_at": now,
             "updated_at": now,
         }
@@ -495,7 +495,7 @@ class SQLStore(SQLBase):
         if self._postgresql:
             row = conn.execute(self._pg_append, params).first()
         elif self._upsert_returns(conn):
-            params["p_uid"], params["p_first_version"] = user_id, first_version()
+            params["p_uid"], params["p_first_version"] = user_id, _first_version()
             row = conn.execute(self._maria_append, params).one()
         elif self._dialect_returns(conn):
             row = conn.execute(self._u_append_returning, params).first()
