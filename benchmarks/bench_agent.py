@@ -42,6 +42,7 @@ from .common import (
     Backend,
     RawDB,
     Stats,
+    bench_parser,
     command_line,
     environment_line,
     fmt_ms,
@@ -49,7 +50,6 @@ from .common import (
     interleave,
     log,
     markdown_table,
-    parse_list,
     probe,
     resolve_backends,
     summarize,
@@ -305,27 +305,9 @@ def render(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_agent", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--backends", type=parse_list, default=list(BACKENDS))
-    p.add_argument(
-        "--sizes",
-        type=lambda s: parse_list(s, int),
-        default=None,
-        help="messages in the session (default 100,2000,10000)",
-    )
-    p.add_argument(
-        "--repeat", type=int, default=None, help=f"timed calls per cell (default {REPEAT})"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="markdown report (default benchmarks/results/agent.md; none with --quick)",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke run")
-    return p.parse_args(argv)
+    return bench_parser(
+        "bench_agent", __doc__, backends=BACKENDS, sizes=SIZES, repeat=REPEAT, out=DEFAULT_OUT
+    ).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,7 @@ from .common import (
     Backend,
     Stats,
     available_backends,
+    bench_parser,
     command_line,
     environment_line,
     fmt_ms,
@@ -50,7 +51,6 @@ from .common import (
     interleave,
     log,
     markdown_table,
-    parse_list,
     summarize,
     unique_name,
     words,
@@ -256,22 +256,18 @@ def render(results: Sequence[Result], repeat: int, versions: Sequence[str]) -> s
         "transactions; RunnableWithMessageHistory writes both in one). Peer: "
         "SQLChatMessageHistory.messages + trim_messages (tiktoken) + 2 add_messages. "
         "The adapter's extra read work: converting each context message to LangChain's "
-        "(pydantic validation) and one small read of the newest messages for a tool call "
-        f"still waiting for its results. Messages in the context at the last turn: {context}.",
+        "(pydantic validation); the newest messages, searched for a tool call still waiting "
+        "for its results, come from the same read. Messages in the context at the last turn: "
+        f"{context}.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_langchain", description=__doc__.split("\n")[0]
+    p = bench_parser(
+        "bench_langchain", __doc__, backends=["sqlite"], sizes=SIZES, repeat=REPEAT, out=DEFAULT_OUT
     )
-    p.add_argument("--backends", type=parse_list, default=["sqlite"], help="default sqlite")
-    p.add_argument("--sizes", type=lambda s: parse_list(s, int), default=None)
-    p.add_argument("--repeat", type=int, default=None, help=f"default {REPEAT}")
-    p.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
     p.add_argument("--no-peer", action="store_true", help="skip SQLChatMessageHistory")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, no report file by default")
     return p.parse_args(argv)
 
 

@@ -44,6 +44,7 @@ from .common import (
     Backend,
     Stats,
     available_backends,
+    bench_parser,
     command_line,
     environment_line,
     fmt_ms,
@@ -51,7 +52,6 @@ from .common import (
     interleave,
     log,
     markdown_table,
-    parse_list,
     summarize,
     unique_name,
     words,
@@ -287,15 +287,15 @@ def render(results: Sequence[Result], repeat: int, versions: Sequence[str]) -> s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_llamaindex", description=__doc__.split("\n")[0]
+    p = bench_parser(
+        "bench_llamaindex",
+        __doc__,
+        backends=["sqlite"],
+        sizes=SIZES,
+        repeat=REPEAT,
+        out=DEFAULT_OUT,
     )
-    p.add_argument("--backends", type=parse_list, default=["sqlite"], help="default sqlite")
-    p.add_argument("--sizes", type=lambda s: parse_list(s, int), default=None)
-    p.add_argument("--repeat", type=int, default=None, help=f"default {REPEAT}")
-    p.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
     p.add_argument("--no-peer", action="store_true", help="skip SQLAlchemyChatStore")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, no report file by default")
     return p.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ with :func:`markdown_table` / :func:`write_report`.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import gc
 import math
@@ -425,6 +426,50 @@ def write_report(path: str | Path, text: str) -> Path:
 def parse_list(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
     """``"a,b , c"`` -> ``["a", "b", "c"]`` (with ``cast`` applied)."""
     return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def bench_parser(
+    module: str,
+    doc: str | None,
+    *,
+    backends: Sequence[str],
+    sizes: Sequence[int],
+    repeat: int,
+    out: Path,
+) -> argparse.ArgumentParser:
+    """The options every per-issue benchmark takes: ``--backends``, ``--sizes``, ``--repeat``,
+    ``--out`` and ``--quick`` (defaults shown in ``--help``); a benchmark adds its own."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{module}", description=(doc or "").split("\n")[0]
+    )
+    p.add_argument(
+        "--backends",
+        type=parse_list,
+        default=list(backends),
+        help=f"comma-separated: {','.join(BACKENDS)} (default {','.join(backends)})",
+    )
+    p.add_argument(
+        "--sizes",
+        type=lambda text: parse_list(text, int),
+        default=None,
+        help=f"messages in the session (default {','.join(map(str, sizes))})",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help=f"timed calls per system and cell (default {repeat})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"markdown report (default benchmarks/results/{out.name}; none with --quick)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes and few repeats: a smoke run of seconds"
+    )
+    return p
 
 
 def command_line() -> str:
