@@ -282,7 +282,7 @@ def message_from_dict(
 try:  # orjson decodes payloads ~3x faster when it is installed; json is the fallback
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - depends on the environment
-    _fast_loads = json.loads
+    _fast_loads = json.loads  # type: ignore[assignment]
 
 # orjson turns integers beyond 64 bits into floats; json keeps them exact. A run of 19 digits
 # (in a number or a string: either way json is right) sends the text to json.

@@ -92,8 +92,14 @@ class WindowCache:
 
     @staticmethod
     def _frozen(messages: list[Message]) -> tuple[Message | FrozenMessage, ...] | None:
-        frozen = [freeze(m) for m in messages]
-        return None if any(m is None for m in frozen) else tuple(frozen)  # type: ignore[misc]
+        """The messages as the cache holds them, or None if one cannot be (not JSON)."""
+        frozen = []
+        for message in messages:
+            held = freeze(message)
+            if held is None:
+                return None
+            frozen.append(held)
+        return tuple(frozen)
 
     def _store(
         self,

@@ -46,6 +46,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from ..errors import ConcurrencyError
 from ..messages import Message, message_from_json
@@ -64,7 +65,12 @@ T = TypeVar("T")
 
 _READ_ATTEMPTS = 5
 _NO_LIMIT = 2**62  # max_messages_per_session=None, as a bound the guarded append can compare
-_Conflict = type("_Conflict", (Exception,), {"__doc__": "An optimistic check failed."})
+
+
+class _Conflict(Exception):
+    """An optimistic check failed."""
+
+
 _SessionRace = RetryOperation
 
 
@@ -144,7 +150,7 @@ class SQLStore(SQLBase):
 
     def _build_statements(self) -> None:
         m, s, su = self.tables.messages, self.tables.sessions, self.tables.summaries
-        sid = bindparam("p_sid")
+        sid: Any = bindparam("p_sid")
         self._q_state = (
             select(
                 s.c.user_id,
@@ -259,7 +265,8 @@ class SQLStore(SQLBase):
         """MariaDB (no ``UPDATE ... RETURNING``): the session's counters moved, or the session
         created, and their new values returned by one ``INSERT ... ON DUPLICATE KEY UPDATE ...
         RETURNING`` instead of an UPDATE and a SELECT. The owner is not changed here."""
-        n, tokens, now = bindparam("p_n"), bindparam("p_tokens"), bindparam("p_now")
+        n, tokens = bindparam("p_n", type_=BigInteger()), bindparam("p_tokens", type_=BigInteger())
+        now = bindparam("p_now", type_=s.c.updated_at.type)
         created = mysql.insert(s).values(
             session_id=sid,
             user_id=bindparam("p_uid", type_=String()),
@@ -333,7 +340,8 @@ class SQLStore(SQLBase):
     def _upsert_returns(conn: Connection) -> bool:
         """MariaDB 10.5+: ``INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING``."""
         dialect = conn.dialect
-        return dialect.name == "mysql" and bool(dialect.is_mariadb and dialect.insert_returning)
+        mariadb = getattr(dialect, "is_mariadb", False)
+        return dialect.name == "mysql" and bool(mariadb and dialect.insert_returning)
 
     def drop_schema(self) -> None:
         """Drop this store's tables (not the schema), destroying every message. For tests/tools."""
@@ -388,7 +396,7 @@ class SQLStore(SQLBase):
         self, conn: Connection, session_id: str, user_id: str | None, now: datetime, **values: Any
     ) -> int:
         """Insert the session's row; returns its first version (see :func:`_first_version`)."""
-        row = {
+        row: dict[str, Any] = {
             "session_id": session_id,
             "user_id": user_id,
             "next_seq": 0,
@@ -431,7 +439,7 @@ class SQLStore(SQLBase):
     def _append_params(
         self, session_id: str, batch: list[tuple[Message, str]], now: datetime
     ) -> dict[str, Any]:
-        params = {
+        params: dict[str, Any] = {
             "p_sid": session_id,
             "p_n": len(batch),
             "p_tokens": sum(m.token_count or 0 for m, _ in batch),
@@ -590,13 +598,16 @@ class SQLStore(SQLBase):
         validate_optional_id(user_id)
         if not batch:
             return AppendResult()
-        args = {"session_id": session_id, "user_id": user_id, "batch": batch}
         if self._postgresql:
-            stored = self._run(partial(self._append_alone_op, **args), autocommit=True)
-            if stored is not None:
-                self._after_append(session_id, stored, False)
-                return stored
-        stored, trimmed = self._run(partial(self._append_op, **args))
+            alone = partial(
+                self._append_alone_op, session_id=session_id, user_id=user_id, batch=batch
+            )
+            done = self._run(alone, autocommit=True)
+            if done is not None:
+                self._after_append(session_id, done, False)
+                return done
+        op = partial(self._append_op, session_id=session_id, user_id=user_id, batch=batch)
+        stored, trimmed = self._run(op)
         self._after_append(session_id, stored, trimmed)
         return stored
 
@@ -607,13 +618,16 @@ class SQLStore(SQLBase):
         validate_optional_id(user_id)
         if not batch:
             return AppendResult()
-        args = {"session_id": session_id, "user_id": user_id, "batch": batch}
         if self._postgresql:
-            stored = await self._arun(partial(self._append_alone_op, **args), autocommit=True)
-            if stored is not None:
-                self._after_append(session_id, stored, False)
-                return stored
-        stored, trimmed = await self._arun(partial(self._append_op, **args))
+            alone = partial(
+                self._append_alone_op, session_id=session_id, user_id=user_id, batch=batch
+            )
+            done = await self._arun(alone, autocommit=True)
+            if done is not None:
+                self._after_append(session_id, done, False)
+                return done
+        op = partial(self._append_op, session_id=session_id, user_id=user_id, batch=batch)
+        stored, trimmed = await self._arun(op)
         self._after_append(session_id, stored, trimmed)
         return stored
 
@@ -831,10 +845,11 @@ class SQLStore(SQLBase):
             runs = (m.c.seq.in_(chunk) for chunk in chunks(seqs))
         for wanted in runs:
             where = and_(m.c.session_id == session_id, m.c.status == "active", wanted)
-            if self.keep_history:
-                stmt = update(m).where(where).values(status=status, summary_id=summary_id)
-            else:
-                stmt = delete(m).where(where)
+            stmt: Executable = (
+                update(m).where(where).values(status=status, summary_id=summary_id)
+                if self.keep_history
+                else delete(m).where(where)
+            )
             moved += conn.execute(stmt).rowcount
         return moved
 
@@ -910,7 +925,7 @@ class SQLStore(SQLBase):
                     created_at=utcnow(),
                 )
             )
-            summary_id = result.inserted_primary_key[0]
+            summary_id = result.inserted_primary_key[0]  # type: ignore[index]
             values["summary_id"] = summary_id
             values["summary_tokens"] = commit.summary_tokens
         if seqs and self._leave_window(conn, session_id, seqs, commit.status, summary_id) != len(
