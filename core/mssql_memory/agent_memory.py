@@ -143,11 +143,11 @@ class AgentMemory:
         reserved = system_tokens + summary_tokens + self.memory_token_limit
         return max(self.token_limit - reserved, 0)
 
-    def _count(self, messages: Iterable[Message]) -> list[Message]:
+    def _count(self, messages: Message | Iterable[Message]) -> list[Message]:
         counter = self.token_counter
         return [
             m if m.token_count is not None else m.with_fields(token_count=counter.count_message(m))
-            for m in coerce_messages(messages)  # type: ignore[arg-type]
+            for m in coerce_messages(messages)
         ]
 
     # -- context -------------------------------------------------------------------------

@@ -112,10 +112,13 @@ class OverflowStrategy:
     def select(self, groups: Sequence[Group], ctx: OverflowContext) -> list[Group]:
         return _evict_until(groups, ctx.window_budget)
 
-    def prepare(self, evicted: Sequence[Message], ctx: OverflowContext) -> OverflowCommit:
+    def prepare(self, evicted: Sequence[Message], ctx: OverflowContext) -> OverflowCommit | None:
+        """The state change for ``evicted``; None when there is nothing to apply now."""
         return OverflowCommit(evict=list(evicted))
 
-    async def aprepare(self, evicted: Sequence[Message], ctx: OverflowContext) -> OverflowCommit:
+    async def aprepare(
+        self, evicted: Sequence[Message], ctx: OverflowContext
+    ) -> OverflowCommit | None:
         return self.prepare(evicted, ctx)
 
     def blocks(self) -> Sequence[MemoryBlock]:
