@@ -225,17 +225,17 @@ class SQLStore(SQLBase):
             )
         )
         self._u_append_returning = self._u_append.returning(*self._counters)
-        self._pg_append = self._fused_append(m, sid, self._u_append_returning)
-        # PostgreSQL, the append as one statement run alone (autocommit, one round trip); it
-        # changes nothing unless the session exists, belongs to the caller (or no user is
-        # given) and stays within max_messages_per_session, and the full path runs instead
+        # PostgreSQL: the counters' update and the insert in one statement. Run alone
+        # (autocommit, one round trip) it changes nothing unless the session exists, belongs to
+        # the caller (or no user is given) and stays within max_messages_per_session, and the
+        # transactional path runs instead, with the guard open (no user, no limit).
         uid = bindparam("p_uid", type_=String())
-        alone = self._u_append.where(
+        guarded = self._u_append.where(
             or_(uid.is_(None), s.c.user_id == uid),
             s.c.active_count + bindparam("p_n") <= bindparam("p_max", type_=BigInteger()),
-        )
-        self._pg_append_alone = self._fused_append(m, sid, alone.returning(*self._counters))
-        self._pg_append_one = self._fused_append(m, sid, alone.returning(*self._counters), one=True)
+        ).returning(*self._counters)
+        self._pg_append = self._fused_append(m, sid, guarded)
+        self._pg_append_one = self._fused_append(m, sid, guarded, one=True)
         self._maria_append = self._upsert_append(s, sid)
         self._u_lock = (
             update(s)
@@ -245,8 +245,7 @@ class SQLStore(SQLBase):
         locked = (s.c.version, s.c.active_count, s.c.active_tokens, s.c.user_id, s.c.block_marks)
         self._q_lock = select(*locked).where(s.c.session_id == sid)
         self._u_lock_returning = self._u_lock.returning(*locked)
-        # an overflow with no summary and no block marks (Trim): the lock and the counters'
-        # update are one statement
+        # an overflow's lock and counters' update in one statement
         self._u_evict = (
             update(s)
             .where(s.c.session_id == sid)
@@ -258,7 +257,7 @@ class SQLStore(SQLBase):
                 message_count=s.c.message_count - bindparam("p_gone"),
             )
         )
-        self._u_evict_returning = self._u_evict.returning(s.c.version)
+        self._u_evict_returning = self._u_evict.returning(s.c.version, s.c.block_marks)
         self._i_messages = insert(m)
 
     def _upsert_append(self, s: Any, sid: Any) -> Any:
@@ -332,9 +331,6 @@ class SQLStore(SQLBase):
         ).select_from(bumped.join(batch, true()))
         added = insert(m).from_select([*columns, "created_at"], rows).cte("added")
         return select(bumped).add_cte(added)
-
-    def _dialect_returns(self, conn: Connection) -> bool:
-        return bool(conn.dialect.update_returning)
 
     @staticmethod
     def _upsert_returns(conn: Connection) -> bool:
@@ -445,16 +441,30 @@ class SQLStore(SQLBase):
             "p_tokens": sum(m.token_count or 0 for m, _ in batch),
             "p_now": now,
         }
-        if self._postgresql:  # the batch's columns, for the fused statements
+        if self._postgresql and len(batch) == 1:  # plain values for the one-message statement
+            ((message, payload),) = batch
+            params.update(p_role=message.role, p_count=message.token_count, p_payload=payload)
+            params["p_content"] = _display_text(message.content)
+        elif self._postgresql:  # the batch's columns, for the fused statement's unnest
             params["p_roles"] = [m.role for m, _ in batch]
             params["p_counts"] = [m.token_count for m, _ in batch]
             params["p_contents"] = [_display_text(m.content) for m, _ in batch]
             params["p_payloads"] = [payload for _, payload in batch]
-            if len(batch) == 1:  # and as plain values, for the one-message statement
-                params["p_role"], params["p_count"] = params["p_roles"][0], params["p_counts"][0]
-                params["p_content"] = params["p_contents"][0]
-                params["p_payload"] = params["p_payloads"][0]
         return params
+
+    def _pg_append_row(
+        self,
+        conn: Connection,
+        params: dict[str, Any],
+        user_id: str | None,
+        max_messages: int | None,
+    ) -> Any:
+        """Run the fused append with its guard (see ``_build_statements``); the session's new
+        counters, or None when nothing changed."""
+        params["p_uid"] = user_id
+        params["p_max"] = _NO_LIMIT if max_messages is None else max_messages
+        fused = self._pg_append_one if params["p_n"] == 1 else self._pg_append
+        return conn.execute(fused, params).first()
 
     @staticmethod
     def _numbered(batch: list[tuple[Message, str]], next_seq: int) -> list[Message]:
@@ -481,13 +491,9 @@ class SQLStore(SQLBase):
         batch: list[tuple[Message, str]],
     ) -> AppendResult | None:
         """PostgreSQL: the append as one guarded statement (run in autocommit); None when the
-        guard failed and nothing changed (see ``_pg_append_alone``)."""
+        guard failed and nothing changed."""
         params = self._append_params(session_id, batch, utcnow())
-        params["p_uid"] = user_id
-        limit = self.max_messages_per_session
-        params["p_max"] = _NO_LIMIT if limit is None else limit
-        fused = self._pg_append_one if len(batch) == 1 else self._pg_append_alone
-        row = conn.execute(fused, params).first()
+        row = self._pg_append_row(conn, params, user_id, self.max_messages_per_session)
         return None if row is None else self._appended(batch, row)
 
     def _append_op(
@@ -500,8 +506,8 @@ class SQLStore(SQLBase):
         now = utcnow()
         params = self._append_params(session_id, batch, now)
         n, tokens = params["p_n"], params["p_tokens"]
-        if self._postgresql:
-            row = conn.execute(self._pg_append, params).first()
+        if self._postgresql:  # the owner is checked below, the limit applied after
+            row = self._pg_append_row(conn, params, None, None)
         elif self._upsert_returns(conn):
             params["p_uid"], params["p_first_version"] = user_id, _first_version()
             row = conn.execute(self._maria_append, params).one()
@@ -672,17 +678,24 @@ class SQLStore(SQLBase):
             return tail
         raise ConcurrencyError("the session kept changing while it was being read")
 
+    def _state_and_cached(
+        self, conn: Connection, session_id: str
+    ) -> tuple[SessionState, list[Message] | None]:
+        """One statement: the session's record, and its window when that needs no other read
+        (no session: empty; cached at the record's version: from the cache); else None."""
+        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
+        state = self._state_from_row(session_id, row)
+        if not state.exists:
+            return state, []
+        return state, self.cache.get(session_id, state.version) if self.cache else None
+
     def _read_op(self, conn: Connection, session_id: str) -> SessionSnapshot:
         """Record and window of one version: the window query carries the version it saw,
         and a write committed between the two statements makes us read both again."""
         for _ in range(_READ_ATTEMPTS):
-            row = conn.execute(self._q_state, {"p_sid": session_id}).first()
-            state = self._state_from_row(session_id, row)
-            if not state.exists:
-                return SessionSnapshot(state, [])
-            cached = self.cache.get(session_id, state.version) if self.cache else None
-            if cached is not None:
-                return SessionSnapshot(state, cached)
+            state, window = self._state_and_cached(conn, session_id)
+            if window is not None:
+                return SessionSnapshot(state, window)
             rows = conn.execute(self._q_window_versioned, {"p_sid": session_id}).all()
             if rows and rows[0].version != state.version:
                 continue  # torn read: another instance committed in between
@@ -693,13 +706,9 @@ class SQLStore(SQLBase):
         raise ConcurrencyError("the session kept changing while it was being read")
 
     def _cached_read_op(self, conn: Connection, session_id: str) -> SessionSnapshot | None:
-        """One statement: the session row, and the cached window if it is of that version."""
-        row = conn.execute(self._q_state, {"p_sid": session_id}).first()
-        state = self._state_from_row(session_id, row)
-        if not state.exists:
-            return SessionSnapshot(state, [])
-        cached = self.cache.get(session_id, state.version) if self.cache else None
-        return None if cached is None else SessionSnapshot(state, cached)
+        """The session in one statement, or None if its window must be read too."""
+        state, window = self._state_and_cached(conn, session_id)
+        return None if window is None else SessionSnapshot(state, window)
 
     def _try_cached(self, session_id: str) -> bool:
         """Read a cached session with one statement first (where that saves round trips)?"""
@@ -903,13 +912,27 @@ class SQLStore(SQLBase):
             self._invalidate(session_id)
 
     def _overflow_op(self, conn: Connection, session_id: str, commit: OverflowCommit) -> int:
-        """Apply ``commit``; the session's new version, or 0 if the session does not exist."""
+        """Apply ``commit``; the session's new version, or 0 if the session does not exist.
+
+        One UPDATE locks the session's row and moves its counters; then the summary, the
+        evicted messages and the block marks. An evicted message no longer active rolls the
+        whole back."""
         seqs = sorted({m.seq for m in commit.evict if m.seq is not None})
         if len(seqs) != len(commit.evict):
             raise ValueError("evicted messages must be stored messages with distinct seq")
-        if commit.summary is None and not commit.block_marks:
-            return self._evict_op(conn, session_id, seqs, commit)
-        row = self._lock_session(conn, session_id, utcnow())
+        params = {
+            "p_sid": session_id,
+            "p_now": utcnow(),
+            "p_n": len(seqs),
+            "p_tokens": sum(m.token_count or 0 for m in commit.evict),
+            "p_gone": 0 if self.keep_history else len(seqs),
+        }
+        if self._dialect_returns(conn):
+            row = conn.execute(self._u_evict_returning, params).first()
+        elif conn.execute(self._u_evict, params).rowcount:
+            row = conn.execute(self._q_lock, {"p_sid": session_id}).first()
+        else:
+            row = None
         if row is None:
             return 0
         s, su = self.tables.sessions, self.tables.summaries
@@ -937,42 +960,9 @@ class SQLStore(SQLBase):
             for block, seq in commit.block_marks.items():
                 marks[block] = max(seq, marks.get(block, 0))
             values["block_marks"] = json.dumps(marks, sort_keys=True)
-        tokens = sum(m.token_count or 0 for m in commit.evict)
-        conn.execute(
-            update(s)
-            .where(s.c.session_id == session_id)
-            .values(
-                active_count=s.c.active_count - len(seqs),
-                active_tokens=s.c.active_tokens - tokens,
-                message_count=s.c.message_count - (0 if self.keep_history else len(seqs)),
-                **values,
-            )
-        )
+        if values:
+            conn.execute(update(s).where(s.c.session_id == session_id).values(**values))
         return int(row.version)
-
-    def _evict_op(
-        self, conn: Connection, session_id: str, seqs: list[int], commit: OverflowCommit
-    ) -> int:
-        """An overflow that only evicts: the session row is locked and its counters moved by one
-        UPDATE, then the messages leave; any of them no longer active rolls the whole back."""
-        params = {
-            "p_sid": session_id,
-            "p_now": utcnow(),
-            "p_n": len(seqs),
-            "p_tokens": sum(m.token_count or 0 for m in commit.evict),
-            "p_gone": 0 if self.keep_history else len(seqs),
-        }
-        if self._dialect_returns(conn):
-            version = conn.execute(self._u_evict_returning, params).scalar()
-        elif conn.execute(self._u_evict, params).rowcount:
-            version = conn.execute(self._q_version, {"p_sid": session_id}).scalar()
-        else:
-            version = None
-        if version is None:
-            return 0
-        if seqs and self._leave_window(conn, session_id, seqs, commit.status) != len(seqs):
-            raise _Conflict()
-        return int(version)
 
     def _after_overflow(self, session_id: str, commit: OverflowCommit, version: int) -> bool:
         if self.cache is not None:
